@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs keras-attn with its test extras (building the Rust core with maturin), then runs the
+# Rust tests, the whole Python suite on the TensorFlow backend, and the layer tests once more on JAX.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --upgrade --quiet pip
+python -m pip install --quiet -e ".[test]"
+cargo test --release --quiet
+python -m pytest -q -p no:cacheprovider tests
+KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider -m "not tf_only" tests/layers
