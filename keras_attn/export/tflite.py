@@ -1,0 +1,235 @@
+"""`to_tflite`: a LiteRT (TFLite) flatbuffer with builtin ops only, float or quantized."""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from keras_attn.export._files import atomic_output, check_target
+from keras_attn.export.flatbuffer import read_tflite
+from keras_attn.export.saved_model import check_model
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+IO_DTYPES = ("float32", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteReport:
+    """What `to_tflite` wrote.
+
+    Attributes:
+        path: absolute path of the `.tflite` file.
+        size_bytes: its size.
+        quantization: the `quantization` it was converted with.
+        op_counts: `{op name: count}`, most frequent first.
+        input_dtypes: dtype names of the model inputs, e.g. `("int8",)`.
+        output_dtypes: dtype names of the model outputs.
+    """
+
+    path: str
+    size_bytes: int
+    quantization: str | None
+    op_counts: dict
+    input_dtypes: tuple
+    output_dtypes: tuple
+
+    def __str__(self):
+        ops = ", ".join(f"{name} x{count}" for name, count in self.op_counts.items())
+        return (
+            f"{os.path.basename(self.path)}: {self.size_bytes:,} bytes, "
+            f"quantization={self.quantization}, inputs {'/'.join(self.input_dtypes)}, "
+            f"outputs {'/'.join(self.output_dtypes)}; {sum(self.op_counts.values())} ops: {ops}"
+        )
+
+
+def _input_signature(model, batch_size):
+    import tensorflow as tf
+
+    if not getattr(model, "inputs", None):
+        raise ValueError(
+            "`input_signature` is required for a model without symbolic inputs (a subclassed "
+            "model): pass a list of tf.TensorSpec, one per input."
+        )
+    return [
+        tf.TensorSpec((batch_size,) + tuple(x.shape[1:]), x.dtype, name=x.name.split(":")[0])
+        for x in model.inputs
+    ]
+
+
+def _calibration_batches(representative_data, signature):
+    """Validates `representative_data` and returns a generator function over its batches."""
+    arrays = (
+        list(representative_data)
+        if isinstance(representative_data, (list, tuple))
+        else [representative_data]
+    )
+    if len(arrays) != len(signature):
+        raise ValueError(
+            f"`representative_data` must hold one array per model input ({len(signature)}); "
+            f"got {len(arrays)}."
+        )
+    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    for a, spec in zip(arrays, signature):
+        expected = tuple(spec.shape)[1:]
+        if a.ndim != len(expected) + 1 or any(
+            e is not None and e != g for e, g in zip(expected, a.shape[1:])
+        ):
+            raise ValueError(
+                f"`representative_data` must have shape (num_samples, "
+                f"{', '.join(str(d) for d in expected)}); got {a.shape}."
+            )
+    count = len(arrays[0])
+    if any(len(a) != count for a in arrays):
+        raise ValueError("`representative_data`: every input needs the same number of samples.")
+    batch = signature[0].shape[0] or 1
+    if count < batch:
+        raise ValueError(
+            f"`representative_data` needs at least one full batch ({batch} samples); got {count}."
+        )
+
+    def batches():
+        for start in range(0, count - batch + 1, batch):
+            yield [a[start : start + batch] for a in arrays]
+
+    return batches
+
+
+def _converter_options(quantization, representative_data, io_dtype, signature):
+    import tensorflow as tf
+
+    builtins = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
+    if quantization is None:
+        return {"target_spec": builtins}
+    if quantization == "float16":
+        return {
+            "target_spec": dict(builtins, supported_types=[tf.float16]),
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+        }
+    if quantization == "dynamic":
+        return {"target_spec": builtins, "optimizations": [tf.lite.Optimize.DEFAULT]}
+    io_type = tf.int8 if io_dtype == "int8" else tf.float32
+    return {
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": _calibration_batches(representative_data, signature),
+        "inference_input_type": io_type,
+        "inference_output_type": io_type,
+    }
+
+
+def _conversion_failure(err, quantization):
+    text = str(err)
+    needs = re.findall(r"(TF Select ops|Custom ops): ([^\n]+)", text)
+    if needs:
+        reason = "; ".join(f"{kind}: {ops}" for kind, ops in dict(needs).items())
+        reason = f"it needs ops that are not TFLite builtins ({reason})"
+    else:
+        reason = "the converter failed: " + "\n".join(text.strip().splitlines()[:12])
+    return ValueError(
+        f"`model` cannot be converted to TFLite with builtin ops only "
+        f"(quantization={quantization!r}): {reason}. Replace those operations in the model "
+        "with keras.ops that have TFLite builtins."
+    )
+
+
+def to_tflite(
+    model,
+    path,
+    quantization=None,
+    representative_data=None,
+    *,
+    io_dtype="float32",
+    batch_size=1,
+    input_signature=None,
+):
+    """Converts `model` to a LiteRT (TFLite) model that uses builtin ops only.
+
+    Conversion goes through Keras' own exporter (`model.export(format="litert")`, i.e. a
+    SavedModel and `tf.lite.TFLiteConverter`) restricted to TFLite builtins: a model that would
+    need Flex (TF Select) or custom ops is refused with a `ValueError` naming those ops, and
+    nothing is written. The file appears only once complete (temporary file, then rename).
+
+    The batch dimension is fixed (`batch_size=1` by default, as on a device): with a fixed batch
+    the converter turns a dilated `Conv2D` (BAM's spatial gate) into one native dilated
+    `CONV_2D`; with `batch_size=None` it stays `SPACE_TO_BATCH_ND` + `CONV_2D` +
+    `BATCH_TO_SPACE_ND`, which XNNPACK does not take. Height and width stay as the model
+    declares them: `(None, None, C)` inputs give a model that LiteRT resizes at run time (see
+    docs/deployment.md).
+
+    Args:
+        model: a built `keras.Model` (TensorFlow backend).
+        path: the `.tflite` file to write; its folder must exist.
+        quantization: `None` (float32), `"float16"` (float16 weights, float32 compute),
+            `"dynamic"` (int8 weights, float activations) or `"int8"` (full-integer weights and
+            activations, calibrated on `representative_data`).
+        representative_data: for `"int8"` only: a float array of samples shaped like the model
+            input, `(num_samples, H, W, C)` (a list of arrays for several inputs). A few hundred
+            typical inputs calibrate well.
+        io_dtype: for `"int8"` only: `"float32"` keeps float inputs and outputs (quantized inside
+            the model), `"int8"` makes them int8 (quantize with the input tensor's scale and
+            zero point).
+        batch_size: the fixed batch dimension, or `None` for a dynamic one.
+        input_signature: list of `tf.TensorSpec`, one per input, overriding `batch_size` and
+            the model's input shapes.
+
+    Returns:
+        A `TFLiteReport` with the path, size in bytes and op counts.
+
+    Example:
+
+    >>> report = to_tflite(model, "cnn_int8.tflite", "int8", representative_data=x_train[:200])  # doctest: +SKIP
+    >>> print(report)  # doctest: +SKIP
+    cnn_int8.tflite: 61,344 bytes, quantization='int8', inputs float32, outputs float32; ...
+    """
+    check_model(model)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}."
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "`representative_data` is required for quantization='int8': pass a few hundred "
+            "typical inputs to calibrate the activation ranges."
+        )
+    if quantization != "int8" and representative_data is not None:
+        raise ValueError(
+            f"`representative_data` is only used with quantization='int8'; got "
+            f"quantization={quantization!r}."
+        )
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"`io_dtype` must be one of {IO_DTYPES}; got {io_dtype!r}.")
+    if io_dtype != "float32" and quantization != "int8":
+        raise ValueError(
+            f"`io_dtype={io_dtype!r}` needs quantization='int8'; got {quantization!r}."
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
+    path = check_target(path)
+    signature = input_signature or _input_signature(model, batch_size)
+    options = _converter_options(quantization, representative_data, io_dtype, signature)
+
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    with atomic_output(path, suffix="" if path.endswith(".tflite") else ".tflite") as tmp:
+        try:
+            model.export(tmp, format="litert", input_signature=signature, verbose=False, **options)
+        except ConverterError as err:
+            raise _conversion_failure(err, quantization) from err
+        graph = read_tflite(tmp)
+        if graph.custom_ops():
+            raise ValueError(
+                f"`model` converted with non-builtin ops {graph.custom_ops()}; only TFLite "
+                "builtins are allowed."
+            )
+        size = os.path.getsize(tmp)
+    return TFLiteReport(
+        path=path,
+        size_bytes=size,
+        quantization=quantization,
+        op_counts=graph.op_counts(),
+        input_dtypes=tuple(t.lower() for t in graph.input_types),
+        output_dtypes=tuple(t.lower() for t in graph.output_types),
+    )
