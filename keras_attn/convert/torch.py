@@ -1,0 +1,175 @@
+"""Loading the CBAM/BAM authors' PyTorch weights into keras_attn models and layers.
+
+PyTorch is never imported here at module import time: `load_torch_state_dict` takes NumPy arrays,
+and only `load_torch_checkpoint` (which must unpickle a `.pth` file) needs torch installed.
+"""
+
+import collections.abc
+import os
+
+import keras
+import numpy as np
+
+from keras_attn.convert._names import TORCH_BN_EPSILON, torch_names
+
+_DATA_PARALLEL_PREFIX = "module."
+
+
+class StateDictMismatchError(ValueError):
+    """A state dict whose keys or shapes do not fit the model; lists every problem at once.
+
+    Attributes:
+        missing: keys the model needs that the state dict lacks.
+        unexpected: keys of the state dict the model has no place for.
+        mismatched: `"key: checkpoint shape ..., model expects ..."` lines.
+    """
+
+    def __init__(self, target, missing, unexpected, mismatched):
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        sections = [
+            (f"{len(items)} {title}" + ("" if len(items) == 1 else "s") + ":\n  "
+             + "\n  ".join(items))
+            for title, items in (("missing key", self.missing),
+                                 ("unexpected key", self.unexpected),
+                                 ("shape mismatch", self.mismatched))
+            if items
+        ]
+        super().__init__(f"The state dict does not fit {target!r}.\n" + "\n".join(sections))
+
+
+def load_torch_state_dict(model_or_layer, state_dict):
+    """Loads the authors' PyTorch state dict into a keras_attn model or attention layer.
+
+    Keys are the authors' names (`Jongchan/attention-module`): for a `keras_attn.models` ResNet
+    the whole-network names (`conv1.weight`, `layer1.0.cbam.ChannelGate.mlp.1.weight`,
+    `bam1.spatial_att.gate_s.gate_s_conv_di_0.weight`, `fc.bias`, ...); for a single layer the
+    names inside that module (`ChannelGate.mlp.1.weight` for a `CBAM`). The `module.` prefix that
+    `torch.nn.DataParallel` adds is accepted and dropped.
+
+    Conversions: Linear weights are transposed, convolution weights go from OIHW to HWIO,
+    BatchNorm `running_mean`/`running_var` become the moving statistics (`num_batches_tracked`
+    may be present or not and is ignored), and every loaded BatchNormalization gets PyTorch's
+    epsilon (1e-5) and the Keras momentum equal to one minus the PyTorch momentum of the
+    authors' module (0.9 for `nn.BatchNorm2d`, 0.99 for CBAM's spatial gate). Every `BAM`
+    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses.
+
+    Nothing is assigned unless every key fits.
+
+    Args:
+        model_or_layer: a built Keras model or layer.
+        state_dict: mapping from key to NumPy array (or torch tensor, if torch is installed).
+
+    Raises:
+        StateDictMismatchError: (a `ValueError`) listing all missing keys, unexpected keys and
+            shape mismatches together.
+        TypeError: for a non-mapping state dict, a value that is not an array, or a layer
+            holding weights that has no PyTorch naming.
+    """
+    if not isinstance(model_or_layer, keras.layers.Layer):
+        raise TypeError("`model_or_layer` must be a Keras model or layer, "
+                        f"got {type(model_or_layer).__name__}.")
+    if not isinstance(state_dict, collections.abc.Mapping):
+        raise TypeError("`state_dict` must be a mapping from key names to arrays, "
+                        f"got {type(state_dict).__name__}.")
+    if not model_or_layer.built:
+        raise ValueError(f"`model_or_layer` {model_or_layer.name!r} is not built: call it on an "
+                         "input (or build it) before loading weights.")
+    names = torch_names(model_or_layer)
+    if names.unsupported:
+        raise TypeError("These layers hold weights but have no PyTorch key names: "
+                        + ", ".join(names.unsupported) + ".")
+
+    given = _strip_data_parallel_prefix(state_dict)
+    expected = {parameter.key: parameter for parameter in names.parameters}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys() - names.optional_keys)
+    mismatched = []
+    values = []
+    for key, parameter in expected.items():
+        if key not in given:
+            continue
+        array = _to_numpy(key, given[key])
+        if parameter.layout == "linear" and array.ndim == 4 and array.shape[2:] == (1, 1):
+            array = array[:, :, 0, 0]  # a 1x1 convolution standing in for a Linear layer
+        if array.shape != parameter.torch_shape:
+            mismatched.append(f"{key}: checkpoint {array.shape}, model expects "
+                              f"{parameter.torch_shape}")
+            continue
+        values.append((parameter.variable, _to_keras_layout(array, parameter.layout)))
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(model_or_layer.name, missing, unexpected, mismatched)
+
+    for variable, value in values:
+        variable.assign(value.astype(variable.dtype))
+    for batchnorm, torch_momentum in names.batchnorms:
+        batchnorm.momentum = 1.0 - torch_momentum
+        batchnorm.epsilon = TORCH_BN_EPSILON
+    for bam in names.bams:
+        bam.fusion = "product"
+
+
+def load_torch_checkpoint(model, path):
+    """Loads a `.pth` / `.pth.tar` checkpoint of the authors' code into `model`.
+
+    Reads the file with `torch.load(path, map_location="cpu", weights_only=True)` (so no code in
+    the file runs), takes its `"state_dict"` entry when it has one (the authors' training script
+    saves `{"epoch", "arch", "state_dict", ...}`) and hands it to `load_torch_state_dict`.
+
+    Args:
+        model: a built Keras model or layer.
+        path: path of the checkpoint file.
+
+    Raises:
+        ImportError: when PyTorch is not installed (it says how to install it).
+        FileNotFoundError: when `path` is not a file.
+    """
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "load_torch_checkpoint needs PyTorch to read .pth files, and it is not installed. "
+            "Install it with `pip install torch` (the CPU build is enough: `pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu`), or read the tensors elsewhere "
+            "and pass them as NumPy arrays to keras_attn.convert.load_torch_state_dict."
+        ) from error
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be a checkpoint file, got {path!r} (no such file).")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, collections.abc.Mapping) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    load_torch_state_dict(model, checkpoint)
+
+
+def _strip_data_parallel_prefix(state_dict):
+    stripped = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`state_dict` keys must be strings, got {key!r}.")
+        name = key.removeprefix(_DATA_PARALLEL_PREFIX)
+        if name in stripped:
+            raise ValueError(f"`state_dict` holds {name!r} twice, with and without the "
+                             f"{_DATA_PARALLEL_PREFIX!r} prefix.")
+        stripped[name] = value
+    return stripped
+
+
+def _to_numpy(key, value):
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()  # NumPy has no bfloat16
+        value = value.numpy()
+    if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
+        raise TypeError(f"`state_dict[{key!r}]` must be an array, got {type(value).__name__}.")
+    return np.asarray(value)
+
+
+def _to_keras_layout(array, layout):
+    if layout == "conv":
+        return array.transpose(2, 3, 1, 0)
+    if layout == "linear":
+        return array.T
+    return array
