@@ -1,0 +1,142 @@
+"""Plumbing shared by the attention layers: argument checks, data format, dtypes, output specs."""
+
+import numbers
+
+import keras
+from keras import ops
+
+DATA_FORMATS = ("channels_last", "channels_first")
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def standardize_data_format(data_format):
+    """Returns `data_format`, or the Keras default (`keras.config.image_data_format()`) for None."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    if data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {DATA_FORMATS} or None; got {data_format!r}."
+        )
+    return data_format
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive_int(name, value):
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def check_non_negative_int(name, value):
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer; got {value!r}.")
+    return int(value)
+
+
+def check_odd_kernel_size(name, value):
+    # Only odd sizes give the symmetric padding of the authors' `padding=(k - 1) // 2`.
+    if not _is_int(value) or value < 1 or value % 2 == 0:
+        raise ValueError(f"`{name}` must be a positive odd integer; got {value!r}.")
+    return int(value)
+
+
+def check_positive_number(name, value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive number; got {value!r}.")
+    return value
+
+
+def upcast(x):
+    """Casts half-precision tensors to float32 so reductions and gates neither overflow nor round."""
+    if keras.backend.standardize_dtype(x.dtype) in _HALF_DTYPES:
+        return ops.cast(x, "float32")
+    return x
+
+
+class AttentionLayer(keras.layers.Layer):
+    """Base of the attention layers: data format, input checks, output specs and gate dtype.
+
+    Subclasses implement `build` (calling `_check_input_shape` first), `call(inputs, training=None,
+    return_attention_scores=False)` and `compute_attention_scores_shape`; they override
+    `compute_output_shape` only when the output shape differs from the input shape.
+    """
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = standardize_data_format(data_format)
+        channels_last = self.data_format == "channels_last"
+        self.channel_axis = -1 if channels_last else 1
+        self.spatial_axes = (1, 2) if channels_last else (2, 3)
+
+    def _check_input_shape(self, input_shape):
+        """Validates a build-time input shape; returns the number of channels."""
+        input_shape = tuple(input_shape)
+        layout = (
+            "(batch, height, width, channels)"
+            if self.data_format == "channels_last"
+            else "(batch, channels, height, width)"
+        )
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"`inputs` of {type(self).__name__} must be 4-D {layout} for "
+                f"data_format={self.data_format!r}; got shape {input_shape} of rank "
+                f"{len(input_shape)}."
+            )
+        channels = input_shape[self.channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"The channel dimension of the `inputs` of {type(self).__name__} must be known "
+                f"when it is built (axis {self.channel_axis} of {layout}); got shape "
+                f"{input_shape}."
+            )
+        self.input_spec = keras.InputSpec(ndim=4, axes={self.channel_axis: channels})
+        return channels
+
+    def _gate_dtype(self):
+        """Dtype policy of the sub-layers that act on pooled descriptors.
+
+        Under mixed precision they run in float32: they are tiny, and float32 keeps the pooled sums
+        and the gate logits from overflowing or rounding. Sub-layers that act on whole feature maps
+        (BAM's spatial convolutions, SK's branches) keep the layer's own policy.
+        """
+        if self.compute_dtype in _HALF_DTYPES:
+            return "float32"
+        return self.dtype_policy
+
+    def _channel_map_shape(self, input_shape, channels=None):
+        """Shape of a per-channel map: (N, 1, 1, C) or (N, C, 1, 1)."""
+        if channels is None:
+            channels = input_shape[self.channel_axis]
+        if self.data_format == "channels_last":
+            return (input_shape[0], 1, 1, channels)
+        return (input_shape[0], channels, 1, 1)
+
+    def _spatial_map_shape(self, input_shape, channels=1):
+        """Shape of a spatial map with `channels` channels: (N, H, W, 1) or (N, 1, H, W)."""
+        shape = list(input_shape)
+        shape[self.channel_axis] = channels
+        return tuple(shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_attention_scores_shape(self, input_shape):
+        raise NotImplementedError
+
+    def compute_output_spec(self, inputs, training=None, return_attention_scores=False):
+        def spec(shape):
+            return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+        outputs = spec(self.compute_output_shape(inputs.shape))
+        if not return_attention_scores:
+            return outputs
+        scores_shape = self.compute_attention_scores_shape(inputs.shape)
+        return outputs, keras.tree.map_shape_structure(spec, scores_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["data_format"] = self.data_format
+        return config

@@ -1,0 +1,68 @@
+"""Spatial and channel pooling in `keras.ops`, shared by the gates.
+
+Callers pass float32 (see `_base.upcast`) so that the sums of large feature maps cannot overflow.
+"""
+
+from keras import ops
+
+POOL_TYPES = ("avg", "max", "lp", "lse")
+
+
+def check_pool_types(pool_types):
+    """Returns `pool_types` as a tuple of known names (a single string is one pool type)."""
+    if isinstance(pool_types, str):
+        pool_types = (pool_types,)
+    pool_types = tuple(pool_types)
+    if not pool_types:
+        raise ValueError(f"`pool_types` must name at least one of {POOL_TYPES}; got ().")
+    unknown = [p for p in pool_types if p not in POOL_TYPES]
+    if unknown:
+        raise ValueError(
+            f"`pool_types` entries must be in {POOL_TYPES}; got {pool_types} "
+            f"(unknown: {tuple(unknown)})."
+        )
+    return pool_types
+
+
+def _spatial_axes(data_format):
+    return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _channel_axis(data_format):
+    return -1 if data_format == "channels_last" else 1
+
+
+def spatial_pool(x, pool_type, data_format):
+    """Pools a 4-D map over height and width into an (N, C) descriptor.
+
+    "lp" is the L2 norm `sqrt(sum(x**2))`, what the authors' `F.lp_pool2d(x, 2, (H, W))` computes;
+    "lse" is the log-sum-exp `m + log(sum(exp(x - m)))` with `m` the maximum, stable for any input.
+    """
+    axes = _spatial_axes(data_format)
+    if pool_type == "avg":
+        return ops.mean(x, axis=axes)
+    if pool_type == "max":
+        return ops.max(x, axis=axes)
+    if pool_type == "lp":
+        return ops.sqrt(ops.sum(ops.square(x), axis=axes))
+    if pool_type == "lse":
+        # Written out rather than ops.logsumexp: TF's version adds an is_finite guard that TFLite
+        # lacks. The max needs no gradient: its derivative cancels exactly.
+        peak = ops.stop_gradient(ops.max(x, axis=axes, keepdims=True))
+        lse = peak + ops.log(ops.sum(ops.exp(x - peak), axis=axes, keepdims=True))
+        return ops.squeeze(lse, axis=axes)
+    raise ValueError(f"`pool_type` must be one of {POOL_TYPES}; got {pool_type!r}.")
+
+
+def channel_pool(x, data_format):
+    """Stacks the max and the mean over channels, in that order (the authors' `ChannelPool`)."""
+    axis = _channel_axis(data_format)
+    return ops.concatenate(
+        [ops.max(x, axis=axis, keepdims=True), ops.mean(x, axis=axis, keepdims=True)], axis=axis
+    )
+
+
+def as_channel_map(vector, data_format):
+    """Reshapes an (N, C) vector to (N, 1, 1, C) or (N, C, 1, 1), to broadcast over a map."""
+    axes = _spatial_axes(data_format)
+    return ops.expand_dims(ops.expand_dims(vector, axes[0]), axes[1])
