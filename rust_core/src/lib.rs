@@ -1,8 +1,16 @@
 //! keras-attn's CPU core: pure kernels over slices, and (with the `python` feature) the thin
 //! PyO3 layer that exposes them as `keras_attn._rust`.
 
+pub mod exec;
+pub mod layout;
+pub mod pool;
+pub mod simd;
+
 #[cfg(feature = "python")]
 mod python;
+
+#[cfg(test)]
+mod test_util;
 
 /// The crate version, which is also the Python package's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
