@@ -1,6 +1,7 @@
 //! keras-attn's CPU core: pure kernels over slices, and (with the `python` feature) the thin
 //! PyO3 layer that exposes them as `keras_attn._rust`.
 
+pub mod apply;
 pub mod exec;
 pub mod layout;
 pub mod pool;

@@ -1,0 +1,210 @@
+//! Applying attention gates to a map in one read and one write:
+//! - [`apply_gates`]: `y = x * g[n, c] * s[n, h, w]` (either gate may be absent), which is the
+//!   channel gate, the spatial gate, or CBAM's two gates at once;
+//! - [`apply_bam`]: BAM's `y = x * (1 + sigmoid(fuse(c[n, c], s[n, h, w])))`.
+
+use crate::exec::Exec;
+use crate::layout::{Dims, Layout};
+use crate::simd::sigmoid;
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+/// How BAM combines its channel and spatial logits before the sigmoid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fusion {
+    /// `c + s`, as in the paper.
+    Sum,
+    /// `c * s`, as in the authors' code.
+    Product,
+}
+
+/// `out = (x * channel[n, c]) * spatial[n, h, w]`; `channel` holds N * C values, `spatial`
+/// N * H * W; an absent gate counts as 1.
+pub fn apply_gates(exec: Exec, x: &[f32], dims: Dims, channel: Option<&[f32]>, spatial: Option<&[f32]>, out: &mut [f32]) {
+    check(x, dims, channel.into_iter().chain(spatial), out);
+    exec.run(|| {
+        per_image(exec, x, dims, out, |exec, n, x, out| {
+            let channel = channel.map(|g| &g[n * dims.c..][..dims.c]);
+            let spatial = spatial.map(|s| &s[n * dims.pixels()..][..dims.pixels()]);
+            let (rows, cols, combine) = match dims.layout {
+                Layout::ChannelsLast => (spatial, channel, Combine::Scale { channel_is_row: false }),
+                Layout::ChannelsFirst => (channel, spatial, Combine::Scale { channel_is_row: true }),
+            };
+            image(exec, x, dims, rows, cols, combine, out);
+        })
+    });
+}
+
+/// `out = x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`.
+pub fn apply_bam(
+    exec: Exec,
+    x: &[f32],
+    dims: Dims,
+    channel_logits: &[f32],
+    spatial_logits: &[f32],
+    fusion: Fusion,
+    out: &mut [f32],
+) {
+    check(x, dims, [channel_logits, spatial_logits], out);
+    exec.run(|| {
+        per_image(exec, x, dims, out, |exec, n, x, out| {
+            let channel = &channel_logits[n * dims.c..][..dims.c];
+            let spatial = &spatial_logits[n * dims.pixels()..][..dims.pixels()];
+            let (rows, cols) = match dims.layout {
+                Layout::ChannelsLast => (spatial, channel),
+                Layout::ChannelsFirst => (channel, spatial),
+            };
+            image(exec, x, dims, Some(rows), Some(cols), Combine::Bam(fusion), out);
+        })
+    });
+}
+
+fn check<'a>(x: &[f32], dims: Dims, gates: impl IntoIterator<Item = &'a [f32]>, out: &[f32]) {
+    assert!(x.len() == dims.len() && out.len() == x.len());
+    for g in gates {
+        assert!(g.len() == dims.n * dims.c || g.len() == dims.n * dims.pixels());
+    }
+}
+
+fn per_image(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32], f: impl Fn(Exec, usize, &[f32], &mut [f32]) + Sync + Send) {
+    if dims.is_empty() {
+        return;
+    }
+    let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(out.chunks_exact_mut(dims.image_len())).enumerate().collect();
+    exec.for_each(images, dims.image_len(), |(n, (x, out)), exec| f(exec, n, x, out));
+}
+
+/// One image as rows (see [`Dims::rows`]), with one gate value per row and one per column.
+fn image(exec: Exec, x: &[f32], dims: Dims, rows: Option<&[f32]>, cols: Option<&[f32]>, combine: Combine, out: &mut [f32]) {
+    let (row_count, row_len) = dims.rows();
+    if exec.splits(x.len()) && row_count > 1 {
+        let rows_per_task = row_count.div_ceil(4 * exec.threads);
+        let chunk = rows_per_task * row_len;
+        x.par_chunks(chunk).zip(out.par_chunks_mut(chunk)).enumerate().for_each(|(t, (x, out))| {
+            let rows = rows.map(|r| &r[t * rows_per_task..][..x.len() / row_len]);
+            exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
+        });
+    } else {
+        exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Combine {
+    /// `(x * channel) * spatial`; the channel gate is the per-row value or the per-column one.
+    Scale { channel_is_row: bool },
+    /// `x * (1 + sigmoid(fuse(row, column)))`.
+    Bam(Fusion),
+}
+
+struct GateLeaf<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    row_len: usize,
+    rows: Option<&'a [f32]>,
+    cols: Option<&'a [f32]>,
+    combine: Combine,
+}
+
+impl WithSimd for GateLeaf<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self { x, out, row_len, rows, cols, combine } = self;
+        let one = simd.splat_f32s(1.0);
+        let (col_head, col_tail) = cols.map_or((&[][..], &[][..]), S::as_simd_f32s);
+        let col_last = if cols.is_some() { simd.partial_load_f32s(col_tail) } else { one };
+        for (r, (x_row, out_row)) in x.chunks_exact(row_len).zip(out.chunks_exact_mut(row_len)).enumerate() {
+            let row = simd.splat_f32s(rows.map_or(1.0, |v| v[r]));
+            let (x_head, x_tail) = S::as_simd_f32s(x_row);
+            let (out_head, out_tail) = S::as_mut_simd_f32s(out_row);
+            for (i, (xv, o)) in x_head.iter().zip(out_head.iter_mut()).enumerate() {
+                *o = gate(simd, combine, *xv, row, col_head.get(i).copied().unwrap_or(one));
+            }
+            let last = gate(simd, combine, simd.partial_load_f32s(x_tail), row, col_last);
+            simd.partial_store_f32s(out_tail, last);
+        }
+    }
+}
+
+#[inline(always)]
+fn gate<S: Simd>(simd: S, combine: Combine, x: S::f32s, row: S::f32s, col: S::f32s) -> S::f32s {
+    match combine {
+        Combine::Scale { channel_is_row: true } => simd.mul_f32s(simd.mul_f32s(x, row), col),
+        Combine::Scale { channel_is_row: false } => simd.mul_f32s(simd.mul_f32s(x, col), row),
+        Combine::Bam(fusion) => {
+            let logit = match fusion {
+                Fusion::Sum => simd.add_f32s(row, col),
+                Fusion::Product => simd.mul_f32s(row, col),
+            };
+            simd.mul_f32s(x, simd.add_f32s(simd.splat_f32s(1.0), sigmoid(simd, logit)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, at, data, execs, odd_shapes};
+
+    fn index(d: Dims, n: usize, p: usize, c: usize) -> usize {
+        match d.layout {
+            Layout::ChannelsLast => (n * d.pixels() + p) * d.c + c,
+            Layout::ChannelsFirst => (n * d.c + c) * d.pixels() + p,
+        }
+    }
+
+    /// `f(x, channel value, spatial value)` at every element, in f64.
+    fn reference(x: &[f32], d: Dims, ch: &[f32], sp: &[f32], f: impl Fn(f64, f64, f64) -> f64) -> Vec<f64> {
+        let mut out = vec![0.0; x.len()];
+        for n in 0..d.n {
+            for p in 0..d.pixels() {
+                for c in 0..d.c {
+                    let (g, s) = (ch[n * d.c + c] as f64, sp[n * d.pixels() + p] as f64);
+                    out[index(d, n, p, c)] = f(at(x, d, n, p, c) as f64, g, s);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gates_match_reference_on_every_level() {
+        for d in odd_shapes() {
+            let x = data(d.len(), 5);
+            let ch = data(d.n * d.c, 6);
+            let sp = data(d.n * d.pixels(), 7);
+            let cases: [(Option<&[f32]>, Option<&[f32]>, fn(f64, f64, f64) -> f64); 3] = [
+                (Some(&ch), None, |x, g, _| x * g),
+                (None, Some(&sp), |x, _, s| x * s),
+                (Some(&ch), Some(&sp), |x, g, s| x * g * s),
+            ];
+            for (channel, spatial, f) in cases {
+                let want = reference(&x, d, &ch, &sp, f);
+                for exec in execs() {
+                    let mut out = vec![0.0; x.len()];
+                    apply_gates(exec, &x, d, channel, spatial, &mut out);
+                    assert_close(&out, &want, 1e-6, 1e-6, &format!("gates {} {d:?}", exec.level.name()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bam_matches_reference_on_every_level() {
+        for d in odd_shapes() {
+            let x = data(d.len(), 8);
+            let ch = data(d.n * d.c, 9);
+            let sp = data(d.n * d.pixels(), 10);
+            for (fusion, fuse) in [(Fusion::Sum, (|a, b| a + b) as fn(f64, f64) -> f64), (Fusion::Product, |a, b| a * b)] {
+                let want = reference(&x, d, &ch, &sp, |x, g, s| x * (1.0 + 1.0 / (1.0 + (-fuse(g, s)).exp())));
+                for exec in execs() {
+                    let mut out = vec![0.0; x.len()];
+                    apply_bam(exec, &x, d, &ch, &sp, fusion, &mut out);
+                    assert_close(&out, &want, 1e-6, 1e-6, &format!("bam {fusion:?} {} {d:?}", exec.level.name()));
+                }
+            }
+        }
+    }
+}
