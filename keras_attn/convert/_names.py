@@ -11,6 +11,8 @@ import functools
 
 import keras
 
+from keras_attn import layers as attention
+
 # PyTorch's BatchNorm momentum weights the new batch statistic; Keras' weights the old moving one.
 TORCH_BN_MOMENTUM = 0.1
 # The authors' CBAM spatial gate builds its BatchNorm with momentum=0.01 (`BasicConv` in cbam.py).
@@ -160,9 +162,6 @@ def _add_squeeze_excite(names, key, layer):
 
 @functools.cache
 def _handlers():
-    # Imported on first use: keras_attn.layers must not be needed to import keras_attn.convert.
-    from keras_attn import layers as attention
-
     # Subclasses before their bases: a keras.Model is a Layer, a composite before its parts.
     return (
         (keras.Model, _add_model),

@@ -8,7 +8,9 @@ checkpoints by name, and `model.summary()` reads like their module tree.
 
 import keras
 
+from keras_attn.layers import BAM
 from keras_attn.models._init import authors_initializer, init_like_authors
+from keras_attn.registry import get_attention
 
 # depth -> (residual block, blocks per stage).
 _DEPTHS = {
@@ -145,9 +147,6 @@ class _AttentionSpec:
             if attention_kwargs:
                 raise ValueError("`attention_kwargs` needs an `attention`, got attention=None.")
             return None
-        from keras_attn import layers as attention_layers
-        from keras_attn.registry import get_attention
-
         if isinstance(attention, str):
             layer_class, label = get_attention(attention), attention.lower()
         elif isinstance(attention, type) and issubclass(attention, keras.layers.Layer):
@@ -159,7 +158,7 @@ class _AttentionSpec:
             raise TypeError(f"`attention_kwargs` must be a dict, got {attention_kwargs!r}.")
         kwargs = {"data_format": data_format, **(attention_kwargs or {})}
         return cls(layer_class, label, kwargs,
-                   after_stage=issubclass(layer_class, attention_layers.BAM))
+                   after_stage=issubclass(layer_class, BAM))
 
     def __call__(self, x, name):
         layer = self.layer_class(name=name, **self.kwargs)
