@@ -175,7 +175,8 @@ mod tests {
             let x = data(d.len(), 5);
             let ch = data(d.n * d.c, 6);
             let sp = data(d.n * d.pixels(), 7);
-            let cases: [(Option<&[f32]>, Option<&[f32]>, fn(f64, f64, f64) -> f64); 3] = [
+            type Case<'a> = (Option<&'a [f32]>, Option<&'a [f32]>, fn(f64, f64, f64) -> f64);
+            let cases: [Case; 3] = [
                 (Some(&ch), None, |x, g, _| x * g),
                 (None, Some(&sp), |x, _, s| x * s),
                 (Some(&ch), Some(&sp), |x, g, s| x * g * s),

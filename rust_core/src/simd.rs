@@ -124,7 +124,7 @@ pub fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     let r = simd.mul_add_f32s(simd.neg_f32s(n), simd.splat_f32s(0.693_359_4), x);
     let r = simd.mul_add_f32s(simd.neg_f32s(n), simd.splat_f32s(-2.121_944_4e-4), r);
     let mut p = simd.splat_f32s(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
         p = simd.mul_add_f32s(p, r, simd.splat_f32s(c));
     }
     let p = simd.add_f32s(simd.mul_add_f32s(p, simd.mul_f32s(r, r), r), simd.splat_f32s(1.0));

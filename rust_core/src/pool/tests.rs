@@ -131,12 +131,12 @@ fn scaled_spatial_pooling_matches_pooling_the_product() {
         let gate = data(d.c, 12);
         let mut product = x.clone();
         for p in 0..d.pixels() {
-            for c in 0..d.c {
+            for (c, g) in gate.iter().enumerate() {
                 let i = match layout {
                     Layout::ChannelsLast => p * d.c + c,
                     Layout::ChannelsFirst => c * d.pixels() + p,
                 };
-                product[i] = x[i] * gate[c];
+                product[i] = x[i] * g;
             }
         }
         for exec in execs() {

@@ -1,0 +1,193 @@
+//! CBAM and its two gates, forward in three passes over the map: pool the channels; pool the
+//! channel-scaled map over C without writing it; write `x * g[c] * s[h, w]` once.
+
+use super::conv::PoolConv;
+use super::matmul::{Dense, Strided};
+use crate::apply::apply_gates;
+use crate::exec::Exec;
+use crate::layout::Dims;
+use crate::pool::{channel_pool, image_spatial_sum_max};
+use crate::simd::{sigmoid_in_place, Level};
+
+/// CBAM's channel gate: `sigmoid(sum over pools of MLP(pool(x)))`, the MLP shared.
+#[derive(Clone, Debug)]
+pub struct ChannelGate {
+    hidden: Dense,
+    output: Dense,
+    avg: bool,
+    max: bool,
+}
+
+impl ChannelGate {
+    /// `hidden` (C -> hidden, ReLU) and `output` (hidden -> C); at least one pool.
+    pub fn new(hidden: Dense, output: Dense, avg: bool, max: bool) -> Result<Self, String> {
+        if !hidden.relu || output.relu || hidden.outputs() != output.inputs() || output.outputs() != hidden.inputs() {
+            return Err(format!(
+                "channel gate: expected C -> hidden (ReLU) -> C dense layers, got {} -> {} and {} -> {}",
+                hidden.inputs(),
+                hidden.outputs(),
+                output.inputs(),
+                output.outputs()
+            ));
+        }
+        if !(avg || max) {
+            return Err("channel gate: expected at least one of the avg and max pools".into());
+        }
+        Ok(ChannelGate { hidden, output, avg, max })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.hidden.inputs()
+    }
+
+    /// The gates (N * C) from the channel means and maxima (N * C each).
+    pub fn gates(&self, level: Level, mean: &[f32], max: &[f32]) -> Vec<f32> {
+        let c = self.channels();
+        let n = mean.len() / c;
+        let pools: Vec<&[f32]> = [self.avg.then_some(mean), self.max.then_some(max)].into_iter().flatten().collect();
+        let k = pools.len();
+        let descriptors: Vec<f32> = (0..n).flat_map(|i| pools.iter().flat_map(move |p| &p[i * c..(i + 1) * c])).copied().collect();
+        let logits = mlp(level, &[&self.hidden, &self.output], &descriptors, n * k);
+        let width = self.output.weights.width();
+        let mut gates: Vec<f32> =
+            (0..n * c).map(|i| (0..k).map(|p| logits[(i / c * k + p) * width + i % c]).sum()).collect();
+        sigmoid_in_place(level, &mut gates);
+        gates
+    }
+}
+
+/// Runs dense layers one after the other over `rows` input rows; returns the last layer's
+/// output, `rows` x its padded width.
+pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -> Vec<f32> {
+    let mut current = input.to_vec();
+    let mut view_stride = layers[0].inputs();
+    for layer in layers {
+        let view = Strided { data: &current, offset: 0, rows, cols: layer.inputs(), row_stride: view_stride, col_stride: 1 };
+        let mut next = vec![0.0; rows * layer.weights.width()];
+        layer.forward(level, view, &mut next);
+        current = next;
+        view_stride = layer.weights.width();
+    }
+    current
+}
+
+/// CBAM (`channel` then `spatial`), or either gate alone (ChannelAttention, SpatialAttention).
+#[derive(Clone, Debug)]
+pub struct Cbam {
+    channel: Option<ChannelGate>,
+    spatial: Option<PoolConv>,
+    channels: usize,
+}
+
+impl Cbam {
+    /// `channels` is the channel count the layer was built for.
+    pub fn new(channel: Option<ChannelGate>, spatial: Option<PoolConv>, channels: usize) -> Result<Self, String> {
+        match &channel {
+            None if spatial.is_none() => Err("CBAM: expected a channel gate, a spatial gate or both".into()),
+            Some(gate) if gate.channels() != channels => {
+                Err(format!("CBAM: the channel gate has {} channels, expected {channels}", gate.channels()))
+            }
+            _ => Ok(Cbam { channel, spatial, channels }),
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// `out` = the block applied to `x`.
+    pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        assert!(dims.c == self.channels && x.len() == dims.len() && out.len() == x.len());
+        if dims.is_empty() {
+            return;
+        }
+        exec.run(|| {
+            let gates = self.channel.as_ref().map(|gate| {
+                let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
+                channel_pool(exec, x, dims, &mut mean, &mut max);
+                gate.gates(exec.level, &mean, &max)
+            });
+            let spatial = self.spatial.as_ref().map(|conv| {
+                let pixels = dims.pixels();
+                let mut maps = vec![0.0; dims.n * pixels];
+                let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(maps.chunks_exact_mut(pixels)).enumerate().collect();
+                exec.for_each(images, dims.image_len(), |(n, (x, map)), exec| {
+                    let gate = gates.as_ref().map(|g| &g[n * dims.c..(n + 1) * dims.c]);
+                    let (mut mean, mut max) = (vec![0.0; pixels], vec![0.0; pixels]);
+                    image_spatial_sum_max(exec, x, dims, gate, &mut mean, &mut max);
+                    mean.iter_mut().for_each(|m| *m /= dims.c as f32);
+                    conv.forward(exec.level, &max, &mean, dims.h, dims.w, map);
+                    sigmoid_in_place(exec.level, map);
+                });
+                maps
+            });
+            apply_gates(exec, x, dims, gates.as_deref(), spatial.as_deref(), out);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::pool::spatial_pool;
+    use crate::test_util::{assert_close, data, execs};
+
+    fn block(c: usize, hidden: usize) -> Cbam {
+        let mlp_hidden = Dense::new(&data(c * hidden, 1), &data(hidden, 2), c, true).unwrap();
+        let mlp_output = Dense::new(&data(hidden * c, 3), &data(c, 4), hidden, false).unwrap();
+        let channel = ChannelGate::new(mlp_hidden, mlp_output, true, true).unwrap();
+        let spatial = PoolConv::new(&data(7 * 7 * 2, 5), 7, 0.1).unwrap();
+        Cbam::new(Some(channel), Some(spatial), c).unwrap()
+    }
+
+    /// The unfused composition: gate, write x * g, pool it, convolve, write (x * g) * s.
+    fn unfused(cbam: &Cbam, exec: Exec, x: &[f32], dims: Dims) -> Vec<f32> {
+        let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
+        channel_pool(exec, x, dims, &mut mean, &mut max);
+        let g = cbam.channel.as_ref().unwrap().gates(exec.level, &mean, &max);
+        let mut scaled = vec![0.0; x.len()];
+        apply_gates(exec, x, dims, Some(&g), None, &mut scaled);
+        let mut pooled = vec![0.0; dims.n * dims.pixels() * 2];
+        spatial_pool(exec, &scaled, dims, &mut pooled);
+        let p = dims.pixels();
+        let mut s = vec![0.0; dims.n * p];
+        for n in 0..dims.n {
+            let image = &pooled[n * 2 * p..(n + 1) * 2 * p];
+            let (max, mean): (Vec<f32>, Vec<f32>) = match dims.layout {
+                Layout::ChannelsLast => (image.iter().step_by(2).copied().collect(), image.iter().skip(1).step_by(2).copied().collect()),
+                Layout::ChannelsFirst => (image[..p].to_vec(), image[p..].to_vec()),
+            };
+            cbam.spatial.as_ref().unwrap().forward(exec.level, &max, &mean, dims.h, dims.w, &mut s[n * p..(n + 1) * p]);
+        }
+        sigmoid_in_place(exec.level, &mut s);
+        let mut out = vec![0.0; x.len()];
+        apply_gates(exec, &scaled, dims, None, Some(&s), &mut out);
+        out
+    }
+
+    #[test]
+    fn fused_cbam_equals_the_unfused_composition() {
+        for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
+            for (n, h, w, c) in [(2, 9, 11, 24), (1, 56, 56, 64), (3, 1, 1, 17)] {
+                let dims = Dims { n, h, w, c, layout };
+                let cbam = block(c, (c / 16).max(1));
+                let x = data(dims.len(), 9);
+                for exec in execs() {
+                    let want: Vec<f64> = unfused(&cbam, exec, &x, dims).iter().map(|&v| v as f64).collect();
+                    let mut out = vec![f32::NAN; x.len()];
+                    cbam.forward(exec, &x, dims, &mut out);
+                    assert_close(&out, &want, 1e-5, 1e-6, &format!("cbam {dims:?} {}", exec.level.name()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_weights_are_errors() {
+        let hidden = Dense::new(&[0.0; 8], &[0.0; 2], 4, true).unwrap();
+        let output = Dense::new(&[0.0; 6], &[0.0; 3], 2, false).unwrap();
+        assert!(ChannelGate::new(hidden, output, true, false).unwrap_err().contains("4 -> 2 and 2 -> 3"));
+        assert!(Cbam::new(None, None, 4).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The blocks' convolutions, stride 1 and "same" padding (odd kernels):
+//! - [`PoolConv`]: CBAM's K x K convolution of the two pooled planes (max, mean) to one logit
+//!   plane, vectorised along image rows;
+//! - [`Conv2d`]: BAM's 1x1 and dilated 3x3 convolutions over pixel-major maps, as one matrix
+//!   product per kernel tap (vectorised over output channels).
+
+use super::matmul::{matmul_acc, padded_width, Strided, Weights};
+use crate::exec::Exec;
+use crate::simd::Level;
+use rayon::prelude::*;
+use pulp::{Simd, WithSimd};
+
+/// A K x K convolution of two planes (max, mean) to one, plus a bias (BatchNorm folded in).
+#[derive(Clone, Debug)]
+pub struct PoolConv {
+    size: usize,
+    /// `kernel[(ky * K + kx) * 2 + plane]`, Keras' (K, K, 2, 1) layout.
+    kernel: Vec<f32>,
+    bias: f32,
+}
+
+impl PoolConv {
+    pub fn new(kernel: &[f32], size: usize, bias: f32) -> Result<Self, String> {
+        if size.is_multiple_of(2) || kernel.len() != size * size * 2 {
+            return Err(format!(
+                "spatial conv: expected an odd kernel size and {size} x {size} x 2 x 1 weights, got size {size} and {} weights",
+                kernel.len()
+            ));
+        }
+        Ok(PoolConv { size, kernel: kernel.to_vec(), bias })
+    }
+
+    /// `out` (H x W) = the convolution of the planes `max` and `mean` (H x W each).
+    pub fn forward(&self, level: Level, max: &[f32], mean: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        assert!(max.len() == h * w && mean.len() == h * w && out.len() == h * w);
+        // Zero-padded copies of both planes. Rows are wide enough that every output vector,
+        // including the last partial one of a row, loads whole vectors without a bounds check.
+        let pad = self.size / 2;
+        let stride = padded_width(w) + 2 * pad;
+        let rows = h + 2 * pad;
+        let mut padded = vec![0.0; 2 * rows * stride];
+        for (plane, src) in padded.chunks_exact_mut(rows * stride).zip([max, mean]) {
+            for (y, src_row) in src.chunks_exact(w).enumerate() {
+                plane[(y + pad) * stride + pad..][..w].copy_from_slice(src_row);
+            }
+        }
+        level.dispatch(PoolConvOp { conv: self, padded: &padded, stride, rows, h, w, out });
+    }
+}
+
+struct PoolConvOp<'a> {
+    conv: &'a PoolConv,
+    padded: &'a [f32],
+    stride: usize,
+    rows: usize,
+    h: usize,
+    w: usize,
+    out: &'a mut [f32],
+}
+
+/// Output vectors of one row computed at once (independent accumulator chains).
+const CHUNKS: usize = 4;
+
+impl WithSimd for PoolConvOp<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self { conv, padded, stride, rows, h, w, out } = self;
+        let lanes = S::F32_LANES;
+        let k = conv.size;
+        for y in 0..h {
+            for x0 in (0..w).step_by(lanes * CHUNKS) {
+                let mut acc = [simd.splat_f32s(conv.bias); CHUNKS];
+                for plane in 0..2 {
+                    for ky in 0..k {
+                        let row = &padded[(plane * rows + y + ky) * stride + x0..];
+                        for kx in 0..k {
+                            let weight = simd.splat_f32s(conv.kernel[(ky * k + kx) * 2 + plane]);
+                            for (c, a) in acc.iter_mut().enumerate() {
+                                if let Some(src) = row.get(kx + c * lanes..kx + (c + 1) * lanes) {
+                                    *a = simd.mul_add_f32s(weight, S::as_simd_f32s(src).0[0], *a);
+                                }
+                            }
+                        }
+                    }
+                }
+                let out_row = &mut out[y * w..(y + 1) * w];
+                for (c, a) in acc.into_iter().enumerate() {
+                    let start = x0 + c * lanes;
+                    if start < w {
+                        simd.partial_store_f32s(&mut out_row[start..(start + lanes).min(w)], a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A K x K convolution (odd K, dilation d) of a pixel-major map with `inputs` channels to
+/// `outputs` channels, plus bias and optional ReLU (BatchNorm folded into kernel and bias).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    size: usize,
+    dilation: usize,
+    /// One `inputs` x `outputs` matrix per tap (ky, kx).
+    taps: Vec<Weights>,
+    /// The bias, padded like the taps' columns.
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl Conv2d {
+    /// `kernel`: Keras' (K, K, inputs, outputs) layout, row-major; `bias`: `outputs` values.
+    pub fn new(kernel: &[f32], size: usize, inputs: usize, bias: &[f32], dilation: usize, relu: bool) -> Result<Self, String> {
+        let outputs = bias.len();
+        if size.is_multiple_of(2) || dilation == 0 || kernel.len() != size * size * inputs * outputs {
+            return Err(format!(
+                "conv: expected an odd kernel size, dilation >= 1 and {size} x {size} x {inputs} x {outputs} weights, \
+                 got size {size}, dilation {dilation} and {} weights",
+                kernel.len()
+            ));
+        }
+        let taps = kernel.chunks_exact(inputs * outputs).map(|w| Weights::new(w, inputs, outputs)).collect::<Result<_, _>>()?;
+        let taps: Vec<Weights> = taps;
+        let mut padded_bias = vec![0.0; taps[0].width()];
+        padded_bias[..outputs].copy_from_slice(bias);
+        Ok(Conv2d { size, dilation, taps, bias: padded_bias, relu })
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.taps[0].inputs
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.taps[0].outputs
+    }
+
+    /// The row stride of [`Conv2d::forward`]'s output.
+    pub fn width(&self) -> usize {
+        self.taps[0].width()
+    }
+
+    /// `out` (H * W pixels x [`Conv2d::width`]) = the convolution of `input` (H * W pixels by
+    /// `inputs` channels, read through its strides), rows shared among threads when large.
+    pub fn forward(&self, exec: Exec, input: Strided, h: usize, w: usize, out: &mut [f32]) {
+        assert!(input.rows == h * w && input.cols == self.inputs() && out.len() == h * w * self.width());
+        if self.size == 1 {
+            self.products(exec, &[(input, &self.taps[0])], out);
+            return;
+        }
+        // Zero-pad the input to (H + 2p + 1) x (W + 2p) pixels (one spare row so every tap's
+        // shifted view stays inside) and compute every output pixel of the padded width: then
+        // each tap is one matrix product over a contiguous run of rows.
+        let pad = self.dilation * (self.size - 1) / 2;
+        let (cin, stride, width) = (self.inputs(), w + 2 * pad, self.width());
+        let mut padded = vec![0.0; (h + 2 * pad + 1) * stride * cin];
+        for p in 0..h * w {
+            let dst = ((p / w + pad) * stride + p % w + pad) * cin;
+            for c in 0..cin {
+                padded[dst + c] = input.data[input.offset + p * input.row_stride + c * input.col_stride];
+            }
+        }
+        let terms: Vec<(Strided, &Weights)> = self
+            .taps
+            .iter()
+            .enumerate()
+            .map(|(t, tap)| {
+                let (ky, kx) = (t / self.size * self.dilation, t % self.size * self.dilation);
+                let offset = (ky * stride + kx) * cin;
+                (Strided { data: &padded, offset, rows: h * stride, cols: cin, row_stride: cin, col_stride: 1 }, tap)
+            })
+            .collect();
+        let mut grid = vec![0.0; h * stride * width];
+        self.products(exec, &terms, &mut grid);
+        for (y, out_row) in out.chunks_exact_mut(w * width).enumerate() {
+            out_row.copy_from_slice(&grid[y * stride * width..][..w * width]);
+        }
+    }
+
+    /// `out = act(bias + sum of view @ weights over terms)`, rows shared among threads when the
+    /// work is large.
+    fn products(&self, exec: Exec, terms: &[(Strided, &Weights)], out: &mut [f32]) {
+        let (rows, width) = (terms[0].0.rows, self.width());
+        let work = rows * terms.len() * self.inputs() * width;
+        let rows_per_task = if exec.splits(work / 8) { rows.div_ceil(4 * exec.threads) } else { rows };
+        let task = |(t, out): (usize, &mut [f32])| {
+            self.fill_bias(out);
+            for (view, weights) in terms {
+                let part = Strided { offset: view.offset + t * rows_per_task * view.row_stride, rows: out.len() / width, ..*view };
+                matmul_acc(exec.level, part, weights, out);
+            }
+            if self.relu {
+                out.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        };
+        if rows_per_task < rows {
+            out.par_chunks_mut(rows_per_task * width).enumerate().for_each(task);
+        } else {
+            task((0, out));
+        }
+    }
+
+    fn fill_bias(&self, out: &mut [f32]) {
+        out.chunks_exact_mut(self.bias.len()).for_each(|row| row.copy_from_slice(&self.bias));
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, data};
+
+    /// "Same" convolution of an (H, W, Cin) map with a (K, K, Cin, Cout) kernel, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(x: &[f32], h: usize, w: usize, cin: usize, kernel: &[f32], k: usize, cout: usize, d: usize) -> Vec<f64> {
+        let pad = (d * (k - 1) / 2) as isize;
+        let mut out = vec![0.0; h * w * cout];
+        for y in 0..h as isize {
+            for xx in 0..w as isize {
+                for ky in 0..k as isize {
+                    for kx in 0..k as isize {
+                        let (sy, sx) = (y + ky * d as isize - pad, xx + kx * d as isize - pad);
+                        if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                            continue;
+                        }
+                        for ci in 0..cin {
+                            let v = x[(sy as usize * w + sx as usize) * cin + ci] as f64;
+                            for co in 0..cout {
+                                let wi = ((ky as usize * k + kx as usize) * cin + ci) * cout + co;
+                                out[(y as usize * w + xx as usize) * cout + co] += v * kernel[wi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pool_conv_matches_reference_on_every_level() {
+        for (h, w, k) in [(1, 1, 7), (7, 7, 7), (5, 23, 3), (56, 56, 7), (3, 70, 1)] {
+            let planes = data(2 * h * w, 1);
+            let (max, mean) = planes.split_at(h * w);
+            let kernel = data(k * k * 2, 2);
+            let interleaved: Vec<f32> = (0..h * w).flat_map(|p| [max[p], mean[p]]).collect();
+            let want: Vec<f64> = reference(&interleaved, h, w, 2, &kernel, k, 1, 1).iter().map(|v| v + 0.25).collect();
+            let conv = PoolConv::new(&kernel, k, 0.25).unwrap();
+            for level in Level::available() {
+                let mut out = vec![f32::NAN; h * w];
+                conv.forward(level, max, mean, h, w, &mut out);
+                assert_close(&out, &want, 1e-5, 1e-5, &format!("pool conv {h}x{w} k{k} {}", level.name()));
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_reference_on_every_level() {
+        for (h, w, cin, cout, k, d) in [(7, 9, 5, 3, 3, 2), (14, 14, 16, 16, 3, 4), (6, 5, 20, 4, 1, 1), (3, 3, 2, 1, 3, 4)] {
+            let x = data(h * w * cin, 3);
+            let kernel = data(k * k * cin * cout, 4);
+            let bias = data(cout, 5);
+            let want: Vec<f64> = reference(&x, h, w, cin, &kernel, k, cout, d)
+                .chunks_exact(cout)
+                .flat_map(|px| px.iter().zip(&bias).map(|(v, b)| (v + *b as f64).max(0.0)).collect::<Vec<_>>())
+                .collect();
+            let conv = Conv2d::new(&kernel, k, cin, &bias, d, true).unwrap();
+            for exec in crate::test_util::execs() {
+                let mut out = vec![f32::NAN; h * w * conv.width()];
+                exec.run(|| conv.forward(exec, Strided::row_major(&x, h * w, cin), h, w, &mut out));
+                let level = exec.level;
+                let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
+                assert_close(&got, &want, 1e-5, 1e-5, &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()));
+            }
+        }
+    }
+}
