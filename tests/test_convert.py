@@ -331,6 +331,19 @@ def test_channels_first_model_gives_the_same_logits():
     assert_close(logits["channels_last"], logits["channels_first"])
 
 
+# Keras' TensorFlow-backend saving calls np.array on tensors without `copy` under NumPy 2.
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_loaded_model_saves_and_reloads_with_the_product_fusion(tmp_path):
+    state = authors_resnet_state_dict(18, "BAM", num_classes=10, seed=14)
+    model = models.resnet18(attention="bam", input_shape=(32, 32, 3), num_classes=10)
+    load_torch_state_dict(model, state)
+    model.save(tmp_path / "bam_resnet18.keras")
+    reloaded = keras.saving.load_model(tmp_path / "bam_resnet18.keras")
+    assert [reloaded.get_layer(f"bam{i}").fusion for i in (1, 2, 3)] == ["product"] * 3
+    x = nchw_input((1, 3, 32, 32), seed=15)
+    np.testing.assert_array_equal(keras_forward(reloaded, x), keras_forward(model, x))
+
+
 # --- Layouts, key handling and BatchNorm conventions. --------------------------------------------
 
 

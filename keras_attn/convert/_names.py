@@ -7,7 +7,6 @@ layers the keys follow the authors' module names (`ChannelGate.mlp.1`, `channel_
 """
 
 import dataclasses
-import functools
 
 import keras
 
@@ -69,7 +68,7 @@ def _join(prefix, name):
 
 
 def _add_layer(names, key, layer):
-    for layer_type, add in _handlers():
+    for layer_type, add in _HANDLERS:
         if isinstance(layer, layer_type):
             add(names, key, layer)
             return
@@ -160,19 +159,17 @@ def _add_squeeze_excite(names, key, layer):
     _add_dense(names, _join(key, "fc2"), layer.expand)
 
 
-@functools.cache
-def _handlers():
-    # Subclasses before their bases: a keras.Model is a Layer, a composite before its parts.
-    return (
-        (keras.Model, _add_model),
-        (attention.CBAM, _add_cbam),
-        (attention.ChannelAttention, _add_channel_attention),
-        (attention.SpatialAttention, _add_spatial_attention),
-        (attention.BAM, _add_bam),
-        (attention.BAMChannelGate, _add_bam_channel_gate),
-        (attention.BAMSpatialGate, _add_bam_spatial_gate),
-        (attention.SqueezeExcite, _add_squeeze_excite),
-        (keras.layers.Conv2D, _add_conv),
-        (keras.layers.Dense, _add_dense),
-        (keras.layers.BatchNormalization, _add_batchnorm),
-    )
+# Subclasses before their bases: a keras.Model is a Layer, a composite before its parts.
+_HANDLERS = (
+    (keras.Model, _add_model),
+    (attention.CBAM, _add_cbam),
+    (attention.ChannelAttention, _add_channel_attention),
+    (attention.SpatialAttention, _add_spatial_attention),
+    (attention.BAM, _add_bam),
+    (attention.BAMChannelGate, _add_bam_channel_gate),
+    (attention.BAMSpatialGate, _add_bam_spatial_gate),
+    (attention.SqueezeExcite, _add_squeeze_excite),
+    (keras.layers.Conv2D, _add_conv),
+    (keras.layers.Dense, _add_dense),
+    (keras.layers.BatchNormalization, _add_batchnorm),
+)

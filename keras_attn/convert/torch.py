@@ -53,7 +53,8 @@ def load_torch_state_dict(model_or_layer, state_dict):
     may be present or not and is ignored), and every loaded BatchNormalization gets PyTorch's
     epsilon (1e-5) and the Keras momentum equal to one minus the PyTorch momentum of the
     authors' module (0.9 for `nn.BatchNorm2d`, 0.99 for CBAM's spatial gate). Every `BAM`
-    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses.
+    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses; load
+    before the model's first `predict`/`fit`, whose traced functions would keep the old fusion.
 
     Nothing is assigned unless every key fits.
 

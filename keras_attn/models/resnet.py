@@ -42,7 +42,8 @@ def resnet(depth, *, attention=None, include_top=True, num_classes=1000, input_s
     Args:
         depth: 18, 34, 50, 101 or 152.
         attention: None, a name `keras_attn.get_attention` knows (`"cbam"`, `"bam"`, `"se"`, ...)
-            or an attention layer class.
+            or an attention layer class (built as `cls(data_format=..., **attention_kwargs)`;
+            BAM and its subclasses go after stages, every other class in every block).
         include_top: whether to end with global average pooling and the `fc` classifier.
         num_classes: classifier width, when `include_top`.
         input_shape: input shape without the batch axis; defaults to 224x224 RGB in
