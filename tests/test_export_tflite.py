@@ -115,6 +115,20 @@ def test_int8_full_integer(model, data, tmp_path, io_dtype):
     assert runner.fully_delegated()
 
 
+@pytest.mark.slow
+def test_int8_dead_relu_units_still_run_in_xnnpack(tmp_path):
+    """A ReLU that never fires calibrates to an empty range, which XNNPACK refuses to load."""
+    inputs = keras.Input((8,))
+    dead = keras.layers.Dense(4, "relu", bias_initializer=keras.initializers.Constant(-100.0))
+    bias = keras.initializers.Constant([0.5, -0.25, 1.0])
+    model = keras.Model(inputs, keras.layers.Dense(3, bias_initializer=bias)(dead(inputs)))
+    x = np.random.default_rng(0).uniform(0, 1, (40, 8)).astype("float32")
+    report = to_tflite(model, tmp_path / "dead.tflite", "int8", representative_data=x[:32])
+    runner = LiteRTModel(report.path)
+    assert runner.fully_delegated()
+    np.testing.assert_allclose(runner(x[32:]), model.predict(x[32:], verbose=0), atol=0.01)
+
+
 def test_flex_op_is_refused_and_nothing_written(tmp_path):
     target = tmp_path / "inverse.tflite"
     target.write_bytes(b"previous export")

@@ -13,6 +13,15 @@ try:  # LiteRT's own copy of the schema, when the `litert` extra is installed.
 except ImportError:  # TensorFlow ships the same generated schema.
     from tensorflow.lite.python import schema_py_generated as _schema
 
+
+def flatbuffer_utils():
+    """LiteRT's (or else TensorFlow's) `flatbuffer_utils`: the schema's object API helpers."""
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils as utils
+    except ImportError:
+        from tensorflow.lite.tools import flatbuffer_utils as utils
+    return utils
+
 _BUILTIN_NAMES = {
     code: name for name, code in vars(_schema.BuiltinOperator).items() if not name.startswith("_")
 }

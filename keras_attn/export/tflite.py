@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from keras_attn.export._files import atomic_output, check_target
+from keras_attn.export._ranges import widen_empty_ranges
 from keras_attn.export.flatbuffer import read_tflite
 from keras_attn.export.saved_model import check_model
 
@@ -218,6 +219,12 @@ def to_tflite(
             model.export(tmp, format="litert", input_signature=signature, verbose=False, **options)
         except ConverterError as err:
             raise _conversion_failure(err, quantization) from err
+        if quantization == "int8":
+            with open(tmp, "rb") as f:
+                fixed, repaired = widen_empty_ranges(f.read())
+            if repaired:
+                with open(tmp, "wb") as f:
+                    f.write(fixed)
         graph = read_tflite(tmp)
         if graph.custom_ops():
             raise ValueError(

@@ -102,7 +102,10 @@ class SelectiveKernel(AttentionLayer):
                 groups=self.groups,
                 use_bias=False,
                 data_format=self.data_format,
-                kernel_initializer=self.kernel_initializer,
+                # A clone per sub-layer: one unseeded initializer instance returns the same
+                # values at every call, which would start the branches (and the selection
+                # Dense layers) identical and leave the selection with no gradient.
+                kernel_initializer=self.kernel_initializer.clone(),
                 dtype=self.dtype_policy,
                 name=f"branch_conv_{i}",
             )
@@ -136,7 +139,7 @@ class SelectiveKernel(AttentionLayer):
         for i in range(len(_BRANCH_DILATIONS)):
             dense = keras.layers.Dense(
                 filters,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=self.kernel_initializer.clone(),
                 bias_initializer=self.bias_initializer,
                 dtype=gate_dtype,
                 name=f"select_dense_{i}",
@@ -154,14 +157,17 @@ class SelectiveKernel(AttentionLayer):
             fused = fused + upcast(branch)
         pooled = spatial_pool(fused, "avg", self.data_format)
         z = ops.relu(self.fuse_bn(self.fuse_dense(pooled), training=training))
-        logits = ops.stack([dense(z) for dense in self.select_dense], axis=1)
-        weights = ops.softmax(logits, axis=1)
+        first, second = (dense(z) for dense in self.select_dense)
+        # The softmax over two branches, written as sigmoids of the logit difference: stacking
+        # and a softmax across a middle axis convert to TFLite PACK and TRANSPOSE ops that
+        # XNNPACK does not take, which would split a converted model into several partitions.
+        weights = [ops.sigmoid(first - second), ops.sigmoid(second - first)]
         outputs = None
-        for m, branch in enumerate(branches):
-            weight = ops.cast(as_channel_map(weights[:, m], self.data_format), branch.dtype)
+        for weight, branch in zip(weights, branches):
+            weight = ops.cast(as_channel_map(weight, self.data_format), branch.dtype)
             outputs = branch * weight if outputs is None else outputs + branch * weight
         if return_attention_scores:
-            return outputs, ops.cast(weights, self.compute_dtype)
+            return outputs, ops.cast(ops.stack(weights, axis=1), self.compute_dtype)
         return outputs
 
     def compute_output_shape(self, input_shape):
