@@ -57,7 +57,8 @@ class StateDictWriter:
         self.state[f"{key}.num_batches_tracked"] = np.array(1000, dtype=np.int64)
 
     def cbam(self, key, channels, reduction=16):
-        # cbam.py: ChannelGate.mlp = (Flatten, Linear, ReLU, Linear); SpatialGate.spatial = BasicConv.
+        # cbam.py: ChannelGate.mlp = (Flatten, Linear, ReLU, Linear);
+        # SpatialGate.spatial = BasicConv(conv, bn).
         self.linear(f"{key}.ChannelGate.mlp.1", channels // reduction, channels)
         self.linear(f"{key}.ChannelGate.mlp.3", channels, channels // reduction)
         self.conv(f"{key}.SpatialGate.spatial.conv", 1, 2, 7)

@@ -137,7 +137,8 @@ def _add_bam_channel_gate(names, key, layer):
 
 
 def _add_bam_spatial_gate(names, key, layer):
-    # bam.py: gate_s = Sequential(conv_reduce0, bn_reduce0, relu, (conv_di_i, bn_di_i, relu)*, final).
+    # bam.py: gate_s = Sequential(conv_reduce0, bn_reduce0, relu, (conv_di_i, bn_di_i, relu)*,
+    # conv_final).
     key = _join(key, "gate_s")
     _add_conv(names, _join(key, "gate_s_conv_reduce0"), layer.reduce_conv)
     _add_batchnorm(names, _join(key, "gate_s_bn_reduce0"), layer.reduce_bn)

@@ -158,7 +158,8 @@ def _strip_data_parallel_prefix(state_dict):
 
 
 def _to_numpy(key, value):
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
+    # A torch.Tensor, recognised without importing torch.
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu()
         if value.is_floating_point():
             value = value.float()  # NumPy has no bfloat16
