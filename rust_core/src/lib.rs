@@ -2,6 +2,7 @@
 //! PyO3 layer that exposes them as `keras_attn._rust`.
 
 pub mod apply;
+pub mod bandwidth;
 pub mod blocks;
 pub mod exec;
 pub mod layout;

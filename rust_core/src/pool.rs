@@ -7,20 +7,20 @@
 //! - [`each_row`]: every row reduces to one value, vectorised within the row (NCHW channel
 //!   pooling, NHWC spatial pooling).
 //!
-//! Sums are pairwise over small blocks, so a mean over many elements keeps float32 accuracy.
+//! Sums are blocked and pairwise, so a mean over many elements keeps float32 accuracy.
 //! SIMD max instructions drop NaN, so wherever a sum came out NaN the group is rescanned and its
 //! max set to NaN if the group holds one: NaN then propagates through mean and max as in NumPy,
 //! at no cost when there is none.
+
+mod columns;
+
+pub(crate) use columns::columns;
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-/// A column-reduction leaf covers about this many elements ...
-const COLUMN_LEAF_ELEMS: usize = 4096;
-/// ... and between this many rows (a column's sequential run, which bounds its rounding error).
-const COLUMN_LEAF_ROWS: (usize, usize) = (16, 64);
 /// A row is summed in blocks of this many elements, and the block sums pairwise.
 const ROW_BLOCK: usize = 1024;
 
@@ -96,142 +96,6 @@ pub(crate) fn image_spatial_sum_max(
     }
 }
 
-/// Per-column sum and max of the rows of `x` (`row_len` long, row `r` multiplied by
-/// `row_scale[r]` when given) into `sum` and `max`. Pairwise: the two halves of the rows are
-/// reduced separately (in parallel when large enough) and merged.
-pub(crate) fn columns(
-    exec: Exec,
-    x: &[f32],
-    row_len: usize,
-    row_scale: Option<&[f32]>,
-    sum: &mut [f32],
-    max: &mut [f32],
-) {
-    let rows = x.len() / row_len;
-    let leaf_rows = (COLUMN_LEAF_ELEMS / row_len).clamp(COLUMN_LEAF_ROWS.0, COLUMN_LEAF_ROWS.1);
-    let mut depth = 0;
-    let mut span = rows;
-    while span > leaf_rows {
-        span = span.div_ceil(2);
-        depth += 1;
-    }
-    let mut scratch = vec![0.0; 2 * row_len * depth];
-    let tree = ColumnTree { exec, row_len, leaf_rows };
-    tree.reduce(x, row_scale, sum, max, &mut scratch);
-    fix_nan_columns(x, row_len, row_scale, sum, max);
-}
-
-struct ColumnTree {
-    exec: Exec,
-    row_len: usize,
-    leaf_rows: usize,
-}
-
-impl ColumnTree {
-    /// `scratch` holds two rows per level of the tree below this node.
-    fn reduce(&self, x: &[f32], scale: Option<&[f32]>, sum: &mut [f32], max: &mut [f32], scratch: &mut [f32]) {
-        let rows = x.len() / self.row_len;
-        if rows <= self.leaf_rows {
-            self.exec.level.dispatch(ColumnLeaf { x, row_len: self.row_len, row_scale: scale, sum, max });
-            return;
-        }
-        let mid = rows / 2;
-        let (x_left, x_right) = x.split_at(mid * self.row_len);
-        let (scale_left, scale_right) = match scale {
-            Some(s) => (Some(&s[..mid]), Some(&s[mid..])),
-            None => (None, None),
-        };
-        let (mine, deeper) = scratch.split_at_mut(2 * self.row_len);
-        let (sum_right, max_right) = mine.split_at_mut(self.row_len);
-        if self.exec.splits(x.len()) {
-            // Both halves run at once, so the right one needs scratch of its own.
-            let mut deeper_right = vec![0.0; deeper.len()];
-            rayon::join(
-                || self.reduce(x_left, scale_left, sum, max, deeper),
-                || self.reduce(x_right, scale_right, sum_right, max_right, &mut deeper_right),
-            );
-        } else {
-            self.reduce(x_left, scale_left, sum, max, deeper);
-            self.reduce(x_right, scale_right, sum_right, max_right, deeper);
-        }
-        self.exec.level.dispatch(MergeColumns { sum, max, sum_right, max_right });
-    }
-}
-
-/// Overwrites `sum` and `max` with the column sums and maxima of the rows of `x`.
-struct ColumnLeaf<'a> {
-    x: &'a [f32],
-    row_len: usize,
-    row_scale: Option<&'a [f32]>,
-    sum: &'a mut [f32],
-    max: &'a mut [f32],
-}
-
-impl WithSimd for ColumnLeaf<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let Self { x, row_len, row_scale, sum, max } = self;
-        for (r, row) in x.chunks_exact(row_len).enumerate() {
-            let g = simd.splat_f32s(row_scale.map_or(1.0, |s| s[r]));
-            let (x_head, x_tail) = S::as_simd_f32s(row);
-            let (sum_head, sum_tail) = S::as_mut_simd_f32s(sum);
-            let (max_head, max_tail) = S::as_mut_simd_f32s(max);
-            let x_last = simd.mul_f32s(simd.partial_load_f32s(x_tail), g);
-            if r == 0 {
-                for ((xv, s), m) in x_head.iter().zip(sum_head).zip(max_head) {
-                    let v = simd.mul_f32s(*xv, g);
-                    *s = v;
-                    *m = v;
-                }
-                simd.partial_store_f32s(sum_tail, x_last);
-                simd.partial_store_f32s(max_tail, x_last);
-            } else {
-                for ((xv, s), m) in x_head.iter().zip(sum_head).zip(max_head) {
-                    let v = simd.mul_f32s(*xv, g);
-                    *s = simd.add_f32s(*s, v);
-                    *m = simd.max_f32s(*m, v);
-                }
-                let s = simd.add_f32s(simd.partial_load_f32s(sum_tail), x_last);
-                let m = simd.max_f32s(simd.partial_load_f32s(max_tail), x_last);
-                simd.partial_store_f32s(sum_tail, s);
-                simd.partial_store_f32s(max_tail, m);
-            }
-        }
-    }
-}
-
-/// `sum += sum_right`, `max = max(max, max_right)`.
-struct MergeColumns<'a> {
-    sum: &'a mut [f32],
-    max: &'a mut [f32],
-    sum_right: &'a [f32],
-    max_right: &'a [f32],
-}
-
-impl WithSimd for MergeColumns<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let (sum_head, sum_tail) = S::as_mut_simd_f32s(self.sum);
-        let (max_head, max_tail) = S::as_mut_simd_f32s(self.max);
-        let (sum_r_head, sum_r_tail) = S::as_simd_f32s(self.sum_right);
-        let (max_r_head, max_r_tail) = S::as_simd_f32s(self.max_right);
-        for (s, r) in sum_head.iter_mut().zip(sum_r_head) {
-            *s = simd.add_f32s(*s, *r);
-        }
-        for (m, r) in max_head.iter_mut().zip(max_r_head) {
-            *m = simd.max_f32s(*m, *r);
-        }
-        let s = simd.add_f32s(simd.partial_load_f32s(sum_tail), simd.partial_load_f32s(sum_r_tail));
-        simd.partial_store_f32s(sum_tail, s);
-        let m = simd.max_f32s(simd.partial_load_f32s(max_tail), simd.partial_load_f32s(max_r_tail));
-        simd.partial_store_f32s(max_tail, m);
-    }
-}
-
 /// Sum and max of every row of `x` (`row_len` long, multiplied element-wise by `scale` when
 /// given) into `sum[r]` and `max[r]`; rows are shared out among threads when large enough.
 pub(crate) fn each_row(
@@ -286,26 +150,44 @@ impl WithSimd for RowLeaf<'_> {
 #[inline(always)]
 fn block_sum_max<S: Simd>(simd: S, block: &[f32], scale: Option<&[f32]>) -> (f32, f32) {
     let (x_head, x_tail) = S::as_simd_f32s(block);
-    let (g_head, g_tail) = scale.map_or((&[][..], &[][..]), S::as_simd_f32s);
-    let mut sums = [simd.splat_f32s(0.0); 4];
-    let mut maxes = [simd.splat_f32s(f32::NEG_INFINITY); 4];
-    for (i, xv) in x_head.iter().enumerate() {
-        let v = match g_head.get(i) {
-            Some(g) => simd.mul_f32s(*xv, *g),
-            None => *xv,
-        };
-        sums[i % 4] = simd.add_f32s(sums[i % 4], v);
-        maxes[i % 4] = simd.max_f32s(maxes[i % 4], v);
+    let (sum_v, max_v, tail) = match scale {
+        None => {
+            let (s, m) = vectors_sum_max(simd, x_head, |v, _| v);
+            (s, m, x_tail.iter().fold((0.0, f32::NEG_INFINITY), |(s, m), &v| (s + v, m.max(v))))
+        }
+        Some(scale) => {
+            let (g_head, g_tail) = S::as_simd_f32s(scale);
+            let (s, m) = vectors_sum_max(simd, x_head, |v, i| simd.mul_f32s(v, g_head[i]));
+            let tail = x_tail.iter().zip(g_tail).fold((0.0, f32::NEG_INFINITY), |(s, m), (&v, &g)| (s + v * g, m.max(v * g)));
+            (s, m, tail)
+        }
+    };
+    (simd.reduce_sum_f32s(sum_v) + tail.0, simd.reduce_max_f32s(max_v).max(tail.1))
+}
+
+/// Sum and max over the vectors `element(x[i], i)`, four accumulators of each.
+#[inline(always)]
+fn vectors_sum_max<S: Simd>(simd: S, x: &[S::f32s], element: impl Fn(S::f32s, usize) -> S::f32s) -> (S::f32s, S::f32s) {
+    let zero = simd.splat_f32s(0.0);
+    let low = simd.splat_f32s(f32::NEG_INFINITY);
+    let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+    let (mut m0, mut m1, mut m2, mut m3) = (low, low, low, low);
+    let quads = x.len() / 4;
+    for q in 0..quads {
+        let i = 4 * q;
+        let (a, b, c, d) = (element(x[i], i), element(x[i + 1], i + 1), element(x[i + 2], i + 2), element(x[i + 3], i + 3));
+        (s0, s1, s2, s3) = (simd.add_f32s(s0, a), simd.add_f32s(s1, b), simd.add_f32s(s2, c), simd.add_f32s(s3, d));
+        (m0, m1, m2, m3) = (simd.max_f32s(m0, a), simd.max_f32s(m1, b), simd.max_f32s(m2, c), simd.max_f32s(m3, d));
     }
-    let sum_v = simd.add_f32s(simd.add_f32s(sums[0], sums[1]), simd.add_f32s(sums[2], sums[3]));
-    let max_v = simd.max_f32s(simd.max_f32s(maxes[0], maxes[1]), simd.max_f32s(maxes[2], maxes[3]));
-    let (mut sum, mut max) = (simd.reduce_sum_f32s(sum_v), simd.reduce_max_f32s(max_v));
-    for (j, x) in x_tail.iter().enumerate() {
-        let v = x * g_tail.get(j).copied().unwrap_or(1.0);
-        sum += v;
-        max = max.max(v);
+    for (i, v) in x.iter().enumerate().skip(4 * quads) {
+        let v = element(*v, i);
+        s0 = simd.add_f32s(s0, v);
+        m0 = simd.max_f32s(m0, v);
     }
-    (sum, max)
+    (
+        simd.add_f32s(simd.add_f32s(s0, s1), simd.add_f32s(s2, s3)),
+        simd.max_f32s(simd.max_f32s(m0, m1), simd.max_f32s(m2, m3)),
+    )
 }
 
 /// Pairwise summation of a stream of values: a binary counter of partial sums, where two sums
@@ -341,18 +223,8 @@ impl Pairwise {
     }
 }
 
-/// Columns whose sum came out NaN are rescanned; if one holds a NaN (after scaling), its max
+/// Rows whose sum came out NaN are rescanned; if one holds a NaN (after scaling), its max
 /// becomes NaN. (A sum is also NaN for +inf plus -inf, whose max stays as computed.)
-fn fix_nan_columns(x: &[f32], row_len: usize, row_scale: Option<&[f32]>, sum: &[f32], max: &mut [f32]) {
-    for j in (0..row_len).filter(|&j| sum[j].is_nan()) {
-        let scaled = |(r, row): (usize, &[f32])| row[j] * row_scale.map_or(1.0, |s| s[r]);
-        if x.chunks_exact(row_len).enumerate().map(scaled).any(f32::is_nan) {
-            max[j] = f32::NAN;
-        }
-    }
-}
-
-/// Rows whose sum came out NaN are rescanned, as [`fix_nan_columns`] does for columns.
 fn fix_nan_rows(x: &[f32], row_len: usize, scale: Option<&[f32]>, sum: &[f32], max: &mut [f32]) {
     for (r, row) in x.chunks_exact(row_len).enumerate().filter(|&(r, _)| sum[r].is_nan()) {
         let scaled = |(j, v): (usize, &f32)| v * scale.map_or(1.0, |s| s[j]);

@@ -1,0 +1,246 @@
+//! Per-column sums and maxima down the rows of a matrix (NHWC channel pooling: rows are pixels;
+//! NCHW spatial pooling: rows are channels).
+//!
+//! Accumulating into per-column memory would load and store two accumulators for every vector
+//! read, which halves the speed on AVX-512; instead a tile of rows is reduced with the sums and
+//! maxima of a few vectors held in registers, and only the tile's result is added to memory.
+//! Accuracy: sequential within a tile ([`TILE_ROWS`]), sequential over the tiles of a leaf
+//! ([`LEAF_ROWS`]), pairwise over leaves. Threads split the columns (or, for narrow rows, the
+//! leaves), so the result does not depend on the thread count.
+
+use crate::exec::Exec;
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Rows reduced in registers before their sums reach memory.
+const TILE_ROWS: usize = 16;
+/// Rows of one leaf of the pairwise tree.
+const LEAF_ROWS: usize = 256;
+/// Column ranges given to threads are multiples of this (whole vectors at every level).
+const COLUMN_ALIGN: usize = 16;
+
+/// Per-column sum and max of the rows of `x` (`row_len` long, row `r` multiplied by
+/// `row_scale[r]` when given) into `sum` and `max` (`row_len` each).
+pub(crate) fn columns(exec: Exec, x: &[f32], row_len: usize, row_scale: Option<&[f32]>, sum: &mut [f32], max: &mut [f32]) {
+    let matrix = Matrix { x, row_len, row_scale };
+    let split_columns = exec.splits(x.len()) && row_len >= 2 * COLUMN_ALIGN;
+    if split_columns {
+        let width = row_len.div_ceil(exec.threads).next_multiple_of(COLUMN_ALIGN);
+        let serial = exec.serial();
+        sum.par_chunks_mut(width).zip(max.par_chunks_mut(width)).enumerate().for_each(|(i, (sum, max))| {
+            let cols = i * width..i * width + sum.len();
+            matrix.tree(serial, 0..matrix.rows(), cols, sum, max);
+        });
+    } else {
+        matrix.tree(exec, 0..matrix.rows(), 0..row_len, sum, max);
+    }
+    matrix.fix_nan_max(sum, max);
+}
+
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    x: &'a [f32],
+    row_len: usize,
+    row_scale: Option<&'a [f32]>,
+}
+
+impl Matrix<'_> {
+    fn rows(&self) -> usize {
+        self.x.len() / self.row_len
+    }
+
+    /// The pairwise tree over `rows`, for the columns `cols` (`sum`, `max`: `cols.len()` each).
+    fn tree(self, exec: Exec, rows: Range<usize>, cols: Range<usize>, sum: &mut [f32], max: &mut [f32]) {
+        if rows.len() <= LEAF_ROWS {
+            exec.level.dispatch(Leaf { matrix: self, rows, cols, sum, max });
+            return;
+        }
+        let mid = rows.start + rows.len() / 2;
+        let (mut sum_right, mut max_right) = (vec![0.0; cols.len()], vec![0.0; cols.len()]);
+        let mut left = || self.tree(exec, rows.start..mid, cols.clone(), sum, max);
+        let mut right = || self.tree(exec, mid..rows.end, cols.clone(), &mut sum_right, &mut max_right);
+        if exec.splits(rows.len() * cols.len()) {
+            rayon::join(left, right);
+        } else {
+            left();
+            right();
+        }
+        for (s, r) in sum.iter_mut().zip(&sum_right) {
+            *s += r;
+        }
+        for (m, r) in max.iter_mut().zip(&max_right) {
+            *m = m.max(*r);
+        }
+    }
+
+    /// Columns whose sum came out NaN are rescanned; if one holds a NaN (after scaling), its max
+    /// becomes NaN. (A sum is also NaN for +inf plus -inf, whose max stays as computed.)
+    fn fix_nan_max(self, sum: &[f32], max: &mut [f32]) {
+        for j in (0..self.row_len).filter(|&j| sum[j].is_nan()) {
+            let scaled = |(r, row): (usize, &[f32])| row[j] * self.row_scale.map_or(1.0, |s| s[r]);
+            if self.x.chunks_exact(self.row_len).enumerate().map(scaled).any(f32::is_nan) {
+                max[j] = f32::NAN;
+            }
+        }
+    }
+}
+
+/// Overwrites `sum` and `max` with the sums and maxima of columns `cols` over `rows`.
+struct Leaf<'a> {
+    matrix: Matrix<'a>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    sum: &'a mut [f32],
+    max: &'a mut [f32],
+}
+
+impl WithSimd for Leaf<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        // Eight vectors of sums and eight of maxima need 16 of AVX-512's 32 registers; with 16
+        // registers (AVX2) four of each.
+        match (self.matrix.row_scale.is_some(), S::REGISTER_COUNT >= 32) {
+            (true, true) => self.run::<S, true, 8>(simd),
+            (true, false) => self.run::<S, true, 4>(simd),
+            (false, true) => self.run::<S, false, 8>(simd),
+            (false, false) => self.run::<S, false, 4>(simd),
+        }
+    }
+}
+
+impl Leaf<'_> {
+    #[inline(always)]
+    fn run<S: Simd, const SCALED: bool, const W: usize>(self, simd: S) {
+        let Self { matrix, rows, cols, sum, max } = self;
+        // Columns up to the first vector boundary go like the tail, so that the vector loads
+        // are aligned (a load split across two cache lines costs AVX-512 about 15%).
+        let peel = matrix.misaligned_floats::<S>(rows.start, cols.start).min(cols.len());
+        let (sum_peel, sum) = sum.split_at_mut(peel);
+        let (max_peel, max) = max.split_at_mut(peel);
+        let first_col = cols.start + peel;
+        let (sum_head, sum_tail) = S::as_mut_simd_f32s(sum);
+        let (max_head, max_tail) = S::as_mut_simd_f32s(max);
+        let vectors = sum_head.len();
+        let tail_col = first_col + vectors * S::F32_LANES;
+        for s in [&mut *sum_peel, &mut *sum_tail] {
+            s.fill(0.0);
+        }
+        for m in [&mut *max_peel, &mut *max_tail] {
+            m.fill(f32::NEG_INFINITY);
+        }
+        sum_head.fill(simd.splat_f32s(0.0));
+        max_head.fill(simd.splat_f32s(f32::NEG_INFINITY));
+        for start in rows.clone().step_by(TILE_ROWS) {
+            let tile = Tile { matrix, rows: start..(start + TILE_ROWS).min(rows.end), first_col };
+            tile.partial_add::<S, SCALED>(simd, cols.start, sum_peel, max_peel);
+            tile.partial_add::<S, SCALED>(simd, tail_col, sum_tail, max_tail);
+            let mut v = 0;
+            while v + W <= vectors {
+                tile.add_into::<S, SCALED, W>(simd, v, sum_head, max_head);
+                v += W;
+            }
+            // The rest in halving widths, keeping several independent chains each.
+            if W > 4 && v + 4 <= vectors {
+                tile.add_into::<S, SCALED, 4>(simd, v, sum_head, max_head);
+                v += 4;
+            }
+            if v + 2 <= vectors {
+                tile.add_into::<S, SCALED, 2>(simd, v, sum_head, max_head);
+                v += 2;
+            }
+            if v < vectors {
+                tile.add_into::<S, SCALED, 1>(simd, v, sum_head, max_head);
+            }
+        }
+    }
+}
+
+impl Matrix<'_> {
+    /// How many floats from (`row`, `col`) to the next vector boundary, when every row starts
+    /// at the same alignment (else 0: no column offset aligns them all).
+    fn misaligned_floats<S: Simd>(&self, row: usize, col: usize) -> usize {
+        let bytes = S::F32_LANES * 4;
+        let address = self.x.as_ptr() as usize + (row * self.row_len + col) * 4;
+        if (self.row_len * 4) % bytes != 0 || address % bytes == 0 {
+            return 0;
+        }
+        (bytes - address % bytes) / 4
+    }
+}
+
+impl Matrix<'_> {
+    #[inline(always)]
+    fn scale<S: Simd>(&self, simd: S, r: usize) -> S::f32s {
+        simd.splat_f32s(self.row_scale.map_or(1.0, |s| s[r]))
+    }
+}
+
+#[derive(Clone)]
+struct Tile<'a> {
+    matrix: Matrix<'a>,
+    rows: Range<usize>,
+    first_col: usize,
+}
+
+impl Tile<'_> {
+    /// Adds the tile's sums and maxima of `sum.len()` (fewer than a vector holds) columns from
+    /// column `first` into `sum` and `max`.
+    #[inline(always)]
+    fn partial_add<S: Simd, const SCALED: bool>(&self, simd: S, first: usize, sum: &mut [f32], max: &mut [f32]) {
+        if sum.is_empty() {
+            return;
+        }
+        let (mut s, mut m) = (simd.partial_load_f32s(sum), simd.partial_load_f32s(max));
+        for r in self.rows.clone() {
+            let row = &self.matrix.x[r * self.matrix.row_len + first..][..sum.len()];
+            let v = scaled::<S, SCALED>(simd, simd.partial_load_f32s(row), self.matrix.scale(simd, r));
+            s = simd.add_f32s(s, v);
+            m = simd.max_f32s(m, v);
+        }
+        simd.partial_store_f32s(sum, s);
+        simd.partial_store_f32s(max, m);
+    }
+
+    /// Adds the tile's sums and maxima of vectors `first..first + W` into `sum` and `max`.
+    #[inline(always)]
+    fn add_into<S: Simd, const SCALED: bool, const W: usize>(&self, simd: S, first: usize, sum: &mut [S::f32s], max: &mut [S::f32s]) {
+        let (s, m) = self.reduce::<S, SCALED, W>(simd, first);
+        for k in 0..W {
+            sum[first + k] = simd.add_f32s(sum[first + k], s[k]);
+            max[first + k] = simd.max_f32s(max[first + k], m[k]);
+        }
+    }
+
+    /// Sums and maxima down the tile's rows of the `W` vectors from vector `first` of the
+    /// column range.
+    #[inline(always)]
+    fn reduce<S: Simd, const SCALED: bool, const W: usize>(&self, simd: S, first: usize) -> ([S::f32s; W], [S::f32s; W]) {
+        let mut sums = [simd.splat_f32s(0.0); W];
+        let mut maxes = [simd.splat_f32s(f32::NEG_INFINITY); W];
+        let lanes = S::F32_LANES;
+        for r in self.rows.clone() {
+            let start = r * self.matrix.row_len + self.first_col + first * lanes;
+            let vectors = S::as_simd_f32s(&self.matrix.x[start..start + W * lanes]).0;
+            let g = self.matrix.scale(simd, r);
+            for k in 0..W {
+                let v = scaled::<S, SCALED>(simd, vectors[k], g);
+                sums[k] = simd.add_f32s(sums[k], v);
+                maxes[k] = simd.max_f32s(maxes[k], v);
+            }
+        }
+        (sums, maxes)
+    }
+}
+
+/// `v * g` when `SCALED`, else `v`.
+#[inline(always)]
+pub(super) fn scaled<S: Simd, const SCALED: bool>(simd: S, v: S::f32s, g: S::f32s) -> S::f32s {
+    if SCALED {
+        simd.mul_f32s(v, g)
+    } else {
+        v
+    }
+}
