@@ -164,7 +164,7 @@ impl Matrix<'_> {
     fn misaligned_floats<S: Simd>(&self, row: usize, col: usize) -> usize {
         let bytes = S::F32_LANES * 4;
         let address = self.x.as_ptr() as usize + (row * self.row_len + col) * 4;
-        if (self.row_len * 4) % bytes != 0 || address % bytes == 0 {
+        if !(self.row_len * 4).is_multiple_of(bytes) || address.is_multiple_of(bytes) {
             return 0;
         }
         (bytes - address % bytes) / 4
