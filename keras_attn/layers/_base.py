@@ -120,6 +120,17 @@ class AttentionLayer(keras.layers.Layer):
         shape[self.channel_axis] = channels
         return tuple(shape)
 
+    def _initializers(self, bias=True):
+        """Fresh copies of the layer's initializers, for one sub-layer.
+
+        An unseeded Keras initializer draws the same values at every call: sub-layers sharing one
+        instance would start identical, and twin branches would then get identical gradients.
+        """
+        kwargs = {"kernel_initializer": self.kernel_initializer.clone()}
+        if bias:
+            kwargs["bias_initializer"] = self.bias_initializer.clone()
+        return kwargs
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 

@@ -76,22 +76,21 @@ class BAMChannelGate(AttentionLayer):
         channels = self._check_input_shape(input_shape)
         hidden = max(1, channels // self.reduction_ratio)
         gate_dtype = self._gate_dtype()
-        dense_kwargs = dict(
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            dtype=gate_dtype,
-        )
         self.hidden_dense, self.hidden_bn = [], []
         width = channels
         for i in range(self.num_layers):
-            dense = keras.layers.Dense(hidden, name=f"hidden_dense_{i}", **dense_kwargs)
+            dense = keras.layers.Dense(
+                hidden, dtype=gate_dtype, name=f"hidden_dense_{i}", **self._initializers()
+            )
             dense.build((None, width))
             bn = keras.layers.BatchNormalization(dtype=gate_dtype, name=f"hidden_bn_{i}", **_BN_KWARGS)
             bn.build((None, hidden))
             self.hidden_dense.append(dense)
             self.hidden_bn.append(bn)
             width = hidden
-        self.output_dense = keras.layers.Dense(channels, name="output_dense", **dense_kwargs)
+        self.output_dense = keras.layers.Dense(
+            channels, dtype=gate_dtype, name="output_dense", **self._initializers()
+        )
         self.output_dense.build((None, width))
 
     def call(self, inputs, training=None, return_attention_scores=False):
@@ -188,10 +187,9 @@ class BAMSpatialGate(AttentionLayer):
             padding="same",
             dilation_rate=dilation_rate,
             data_format=self.data_format,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
             name=name,
+            **self._initializers(),
         )
 
     def _bn(self, name):

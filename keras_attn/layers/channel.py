@@ -69,14 +69,14 @@ class ChannelAttention(AttentionLayer):
     def build(self, input_shape):
         channels = self._check_input_shape(input_shape)
         hidden = max(1, channels // self.reduction_ratio)
-        dense_kwargs = dict(
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            dtype=self._gate_dtype(),
+        gate_dtype = self._gate_dtype()
+        self.mlp_hidden = keras.layers.Dense(
+            hidden, dtype=gate_dtype, name="mlp_hidden", **self._initializers()
         )
-        self.mlp_hidden = keras.layers.Dense(hidden, name="mlp_hidden", **dense_kwargs)
         self.mlp_hidden.build((None, channels))
-        self.mlp_output = keras.layers.Dense(channels, name="mlp_output", **dense_kwargs)
+        self.mlp_output = keras.layers.Dense(
+            channels, dtype=gate_dtype, name="mlp_output", **self._initializers()
+        )
         self.mlp_output.build((None, hidden))
 
     def call(self, inputs, training=None, return_attention_scores=False):

@@ -92,9 +92,9 @@ class ECA(AttentionLayer):
             size,
             padding="same",
             use_bias=False,
-            kernel_initializer=self.kernel_initializer,
             dtype=self._gate_dtype(),
             name="conv",
+            **self._initializers(bias=False),
         )
         # The pooled channel vector is a length-C sequence of one feature.
         self.conv.build((None, channels, 1))

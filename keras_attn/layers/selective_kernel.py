@@ -102,12 +102,9 @@ class SelectiveKernel(AttentionLayer):
                 groups=self.groups,
                 use_bias=False,
                 data_format=self.data_format,
-                # A clone per sub-layer: one unseeded initializer instance returns the same
-                # values at every call, which would start the branches (and the selection
-                # Dense layers) identical and leave the selection with no gradient.
-                kernel_initializer=self.kernel_initializer.clone(),
                 dtype=self.dtype_policy,
                 name=f"branch_conv_{i}",
+                **self._initializers(bias=False),
             )
             conv.build(input_shape)
             bn = keras.layers.BatchNormalization(
@@ -126,9 +123,9 @@ class SelectiveKernel(AttentionLayer):
         self.fuse_dense = keras.layers.Dense(
             units,
             use_bias=False,
-            kernel_initializer=self.kernel_initializer,
             dtype=gate_dtype,
             name="fuse_dense",
+            **self._initializers(bias=False),
         )
         self.fuse_dense.build((None, filters))
         self.fuse_bn = keras.layers.BatchNormalization(
@@ -139,10 +136,9 @@ class SelectiveKernel(AttentionLayer):
         for i in range(len(_BRANCH_DILATIONS)):
             dense = keras.layers.Dense(
                 filters,
-                kernel_initializer=self.kernel_initializer.clone(),
-                bias_initializer=self.bias_initializer,
                 dtype=gate_dtype,
                 name=f"select_dense_{i}",
+                **self._initializers(),
             )
             dense.build((None, units))
             self.select_dense.append(dense)

@@ -72,8 +72,8 @@ class SpatialAttention(AttentionLayer):
             padding="same",
             use_bias=False,
             data_format=self.data_format,
-            kernel_initializer=self.kernel_initializer,
             dtype=gate_dtype,
+            **self._initializers(bias=False),
             name="conv",
         )
         self.conv.build(pooled_shape)

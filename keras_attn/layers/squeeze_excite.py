@@ -62,15 +62,13 @@ class SqueezeExcite(AttentionLayer):
     def build(self, input_shape):
         channels = self._check_input_shape(input_shape)
         hidden = max(1, channels // self.reduction_ratio)
-        dense_kwargs = dict(
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            dtype=self._gate_dtype(),
+        gate_dtype = self._gate_dtype()
+        self.reduce = keras.layers.Dense(
+            hidden, activation="relu", dtype=gate_dtype, name="reduce", **self._initializers()
         )
-        self.reduce = keras.layers.Dense(hidden, activation="relu", name="reduce", **dense_kwargs)
         self.reduce.build((None, channels))
         self.expand = keras.layers.Dense(
-            channels, activation="sigmoid", name="expand", **dense_kwargs
+            channels, activation="sigmoid", dtype=gate_dtype, name="expand", **self._initializers()
         )
         self.expand.build((None, hidden))
 

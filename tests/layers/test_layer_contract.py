@@ -118,3 +118,16 @@ def test_tf_graph_with_unknown_height_and_width_and_xla(case):
     assert tuple(graph(x_other).shape) == layer.compute_output_shape(x_other.shape)
     xla = tf.function(lambda t: layer(t, training=False), jit_compile=True)
     np.testing.assert_allclose(xla(x).numpy(), expected, atol=1e-5)
+
+
+@CASES
+def test_sub_layers_start_from_different_weights(case):
+    # Twin sub-layers (BAM's dilated convs, SK's branches) that started equal would stay equal.
+    cls, init_kwargs = LAYER_CASES[case]
+    layer = cls(**init_kwargs)
+    layer.build(INPUT_SHAPE)
+    kernels = [to_numpy(v) for v in layer.weights if v.name == "kernel"]
+    for i, first in enumerate(kernels):
+        for second in kernels[i + 1 :]:
+            if first.shape == second.shape:
+                assert not np.array_equal(first, second)
