@@ -161,13 +161,13 @@ def spatial_pool(x, data_format="channels_last", threads=None, *, _simd=None):
 def apply_channel_gate(x, gate, data_format="channels_last", threads=None, *, _simd=None):
     """`x * gate[n, c]`; `gate` of shape `(N, C)`, `(N, 1, 1, C)` (channels_last) or
     `(N, C, 1, 1)` (channels_first)."""
-    return apply_gates(x, gate, None, data_format, threads, _simd=_simd)
+    return _apply_gates(x, ("gate", gate), ("spatial_gate", None), data_format, threads, _simd)
 
 
 def apply_spatial_gate(x, gate, data_format="channels_last", threads=None, *, _simd=None):
     """`x * gate[n, h, w]`; `gate` of shape `(N, H, W)`, `(N, H, W, 1)` (channels_last) or
     `(N, 1, H, W)` (channels_first)."""
-    return apply_gates(x, None, gate, data_format, threads, _simd=_simd)
+    return _apply_gates(x, ("channel_gate", None), ("gate", gate), data_format, threads, _simd)
 
 
 def apply_gates(
@@ -175,12 +175,20 @@ def apply_gates(
 ):
     """`(x * channel_gate[n, c]) * spatial_gate[n, h, w]` in one read and one write of `x`
     (CBAM's two gates at once); either gate may be None."""
+    return _apply_gates(
+        x, ("channel_gate", channel_gate), ("spatial_gate", spatial_gate), data_format, threads, _simd
+    )
+
+
+def _apply_gates(x, channel, spatial, data_format, threads, simd):
+    """`channel` and `spatial` are (argument name, gate or None)."""
     x, data_format, threads = _prepare(x, data_format, threads)
+    (channel_name, channel_gate), (spatial_name, spatial_gate) = channel, spatial
     if channel_gate is not None:
-        channel_gate = _channel_gate(channel_gate, "channel_gate", x, data_format)
+        channel_gate = _channel_gate(channel_gate, channel_name, x, data_format)
     if spatial_gate is not None:
-        spatial_gate = _spatial_gate(spatial_gate, "spatial_gate", x, data_format)
-    return _rust.apply_gates(x, data_format, channel_gate, spatial_gate, threads, _simd)
+        spatial_gate = _spatial_gate(spatial_gate, spatial_name, x, data_format)
+    return _rust.apply_gates(x, data_format, channel_gate, spatial_gate, threads, simd)
 
 
 def apply_bam(
