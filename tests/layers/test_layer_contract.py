@@ -131,3 +131,16 @@ def test_sub_layers_start_from_different_weights(case):
         for second in kernels[i + 1 :]:
             if first.shape == second.shape:
                 assert not np.array_equal(first, second)
+
+
+@CASES
+def test_data_format_defaults_to_keras_image_data_format(case):
+    cls, init_kwargs = LAYER_CASES[case]
+    assert cls(**init_kwargs).data_format == "channels_last"
+    keras.config.set_image_data_format("channels_first")
+    try:
+        layer = cls(**init_kwargs)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    assert layer.data_format == "channels_first"
+    assert layer.get_config()["data_format"] == "channels_first"
