@@ -1,0 +1,70 @@
+"""`keras-attn demo`: a reduced run (--quick: 400 digits at 16x16, one epoch) writes every
+artifact under --out, prints both tables, and its LiteRT models agree with Keras."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_attn.cli import main
+
+pytestmark = [pytest.mark.tf_only, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--quick"]) == 0
+    with open(out / "results.json") as f:
+        return out, printed.getvalue(), json.load(f)
+
+
+def test_writes_everything_under_out(demo):
+    out, _, _ = demo
+    for name in ("plain", "cbam", "bam"):
+        assert (out / "models" / f"{name}.keras").stat().st_size > 0
+        assert (out / "saved_model" / name / "saved_model.pb").exists()
+        for quantization in ("float32", "int8"):
+            assert (out / "tflite" / f"{name}_{quantization}.tflite").read_bytes()[4:8] == b"TFL3"
+    assert (out / "attention_maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prints_both_tables(demo):
+    _, printed, results = demo
+    for text in ("no attention", "CBAM", "BAM", "params", "test accuracy", "train step (ms)",
+                 "agrees w/ Keras", "int8", "float32"):
+        assert text in printed
+    assert f"{results['models']['cbam']['params']:,}" in printed
+
+
+def test_litert_models_match_keras(demo):
+    _, _, results = demo
+    assert (results["image_size"], results["epochs"]) == (16, 1)
+    for name, model in results["models"].items():
+        assert model["keras_reload_max_abs_diff"] < 1e-6, name
+        assert model["params"] > 0 and model["train_step_ms"] > 0
+        f32, int8 = model["litert_float32"], model["litert_int8"]
+        assert f32["max_abs_diff"] < 1e-4 and f32["agreement"] == 1.0, name
+        assert f32["accuracy"] == pytest.approx(model["accuracy"])
+        assert f32["fully_delegated"] and int8["fully_delegated"], name
+        assert int8["size_bytes"] < f32["size_bytes"] / 1.5, name
+    # Attention adds parameters: the channel MLPs (CBAM), the gates' convolutions (BAM).
+    params = {name: m["params"] for name, m in results["models"].items()}
+    assert params["plain"] < params["cbam"] < params["bam"]
+
+
+def test_python_m_entry_point_and_bad_epochs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_attn", "demo", "--epochs", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert done.returncode == 2
+    assert "--epochs must be at least 1; got 0" in done.stderr
+    assert os.listdir(tmp_path) == []
