@@ -42,7 +42,8 @@ def conv2d(x, weight, bias=None, padding=0, dilation=1, groups=1):
         w_g = weight[g * group_out : (g + 1) * group_out]
         for i in range(kh):
             for j in range(kw):
-                patch = x_g[:, :, i * dilation : i * dilation + out_h, j * dilation : j * dilation + out_w]
+                top, left = i * dilation, j * dilation
+                patch = x_g[:, :, top : top + out_h, left : left + out_w]
                 y[:, g * group_out : (g + 1) * group_out] += np.einsum(
                     "nchw,oc->nohw", patch, w_g[:, :, i, j]
                 )
@@ -108,7 +109,8 @@ def cbam_spatial_gate(x, conv_weight, bn=None):
     `bn` None gives the plain convolution. Returns (refined x, scale of shape (N, 1, H, W)).
     """
     kernel_size = np.shape(conv_weight)[-1]
-    logits = conv2d(channel_pool(np.asarray(x, np.float64)), conv_weight, padding=(kernel_size - 1) // 2)
+    pooled = channel_pool(np.asarray(x, np.float64))
+    logits = conv2d(pooled, conv_weight, padding=(kernel_size - 1) // 2)
     if bn is not None:
         logits = batch_norm(logits, bn)
     scale = sigmoid(logits)
@@ -147,7 +149,8 @@ def bam_spatial_gate(x, reduce, reduce_bn, dilated, output, dilation=4):
     """
     h = relu(batch_norm(conv2d(x, reduce["w"], reduce["b"]), reduce_bn))
     for conv, bn in dilated:
-        h = relu(batch_norm(conv2d(h, conv["w"], conv["b"], padding=dilation, dilation=dilation), bn))
+        h = conv2d(h, conv["w"], conv["b"], padding=dilation, dilation=dilation)
+        h = relu(batch_norm(h, bn))
     return conv2d(h, output["w"], output["b"])
 
 
@@ -164,7 +167,8 @@ def bam(x, channel_logits, spatial_logits, fusion):
 
 def squeeze_excite(x, w1, b1, w2, b2):
     """SE: s = sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2); y = x * s."""
-    scale = sigmoid(linear(relu(linear(np.asarray(x, np.float64).mean(axis=(2, 3)), w1, b1)), w2, b2))
+    squeezed = np.asarray(x, np.float64).mean(axis=(2, 3))
+    scale = sigmoid(linear(relu(linear(squeezed, w1, b1)), w2, b2))
     return x * scale[:, :, None, None]
 
 

@@ -50,7 +50,7 @@ def check_positive_number(name, value):
 
 
 def upcast(x):
-    """Casts half-precision tensors to float32 so reductions and gates neither overflow nor round."""
+    """Casts float16/bfloat16 to float32: reductions and gates must neither overflow nor round."""
     if keras.backend.standardize_dtype(x.dtype) in _HALF_DTYPES:
         return ops.cast(x, "float32")
     return x

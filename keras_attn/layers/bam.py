@@ -83,7 +83,9 @@ class BAMChannelGate(AttentionLayer):
                 hidden, dtype=gate_dtype, name=f"hidden_dense_{i}", **self._initializers()
             )
             dense.build((None, width))
-            bn = keras.layers.BatchNormalization(dtype=gate_dtype, name=f"hidden_bn_{i}", **_BN_KWARGS)
+            bn = keras.layers.BatchNormalization(
+                dtype=gate_dtype, name=f"hidden_bn_{i}", **_BN_KWARGS
+            )
             bn.build((None, hidden))
             self.hidden_dense.append(dense)
             self.hidden_bn.append(bn)

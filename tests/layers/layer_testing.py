@@ -21,14 +21,20 @@ OTHER_SPATIAL = (6, 4)  # a second non-square size for the (None, None, C) check
 
 # One small configuration per layer that exercises its non-default paths.
 LAYER_CASES = {
-    "channel_attention": (ChannelAttention, dict(reduction_ratio=2, pool_types=("avg", "max", "lp", "lse"))),
+    "channel_attention": (
+        ChannelAttention,
+        dict(reduction_ratio=2, pool_types=("avg", "max", "lp", "lse")),
+    ),
     "spatial_attention": (SpatialAttention, dict(kernel_size=3)),
     "cbam": (CBAM, dict(reduction_ratio=2, kernel_size=3)),
     "bam_channel_gate": (BAMChannelGate, dict(reduction_ratio=2, num_layers=2)),
     "bam_spatial_gate": (BAMSpatialGate, dict(reduction_ratio=2, dilation_rate=2)),
     "bam": (BAM, dict(reduction_ratio=2, num_layers=2, fusion="product")),
     "squeeze_excite": (SqueezeExcite, dict(reduction_ratio=2)),
-    "selective_kernel": (SelectiveKernel, dict(filters=6, reduction_ratio=2, min_units=4, groups=2)),
+    "selective_kernel": (
+        SelectiveKernel,
+        dict(filters=6, reduction_ratio=2, min_units=4, groups=2),
+    ),
     "eca": (ECA, dict(kernel_size=3)),
 }
 

@@ -61,7 +61,8 @@ def test_spatial_gate_matches_reference(num_dilated_convs, dilation_rate):
     )
     gate = _built(gate, x)
     logits = gate(x, training=False)
-    np.testing.assert_allclose(to_channels_first(to_numpy(logits)), _spatial_reference(gate, x), atol=ATOL)
+    expected = _spatial_reference(gate, x)
+    np.testing.assert_allclose(to_channels_first(to_numpy(logits)), expected, atol=ATOL)
 
 
 @pytest.mark.parametrize("fusion", ["sum", "product"])
@@ -74,7 +75,8 @@ def test_bam_matches_reference(fusion):
     expected = reference.bam(to_channels_first(x), channel, spatial, fusion)
     np.testing.assert_allclose(to_channels_first(to_numpy(y)), expected, atol=ATOL)
     np.testing.assert_allclose(to_numpy(y), x * (1 + to_numpy(scores["attention"])), atol=ATOL)
-    np.testing.assert_allclose(to_numpy(scores["channel"])[:, 0, 0], reference.sigmoid(channel), atol=ATOL)
+    channel_scores = to_numpy(scores["channel"])[:, 0, 0]
+    np.testing.assert_allclose(channel_scores, reference.sigmoid(channel), atol=ATOL)
 
 
 def test_fusions_differ():
@@ -84,4 +86,5 @@ def test_fusions_differ():
     product = BAM(reduction_ratio=2, fusion="product")
     product.build(x.shape)
     product.set_weights(summed.get_weights())
-    assert not np.allclose(to_numpy(summed(x, training=False)), to_numpy(product(x, training=False)))
+    y_sum, y_product = summed(x, training=False), product(x, training=False)
+    assert not np.allclose(to_numpy(y_sum), to_numpy(y_product))

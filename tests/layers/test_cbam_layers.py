@@ -62,7 +62,8 @@ def test_spatial_attention_matches_reference(kernel_size, use_batchnorm):
     layer = _built(SpatialAttention(kernel_size=kernel_size, use_batchnorm=use_batchnorm), x)
     y, gate = layer(x, training=False, return_attention_scores=True)
     bn = torch_bn(layer.bn) if use_batchnorm else None
-    expected, scale = reference.cbam_spatial_gate(to_channels_first(x), torch_conv(layer.conv)["w"], bn)
+    conv_weight = torch_conv(layer.conv)["w"]
+    expected, scale = reference.cbam_spatial_gate(to_channels_first(x), conv_weight, bn)
     np.testing.assert_allclose(_nchw(y), expected, atol=ATOL)
     np.testing.assert_allclose(_nchw(gate), scale, atol=ATOL)
 

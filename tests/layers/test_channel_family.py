@@ -38,10 +38,12 @@ def test_squeeze_excite_matches_reference():
 @pytest.mark.parametrize("filters, groups", [(None, 1), (6, 2)])
 def test_selective_kernel_matches_reference(filters, groups):
     x = random_input((2, 7, 9, 8))
-    layer = _built(SelectiveKernel(filters=filters, reduction_ratio=2, min_units=4, groups=groups), x)
+    layer = SelectiveKernel(filters=filters, reduction_ratio=2, min_units=4, groups=groups)
+    layer = _built(layer, x)
     y, weights = layer(x, training=False, return_attention_scores=True)
     branches = [
-        (torch_conv(conv)["w"], torch_bn(bn)) for conv, bn in zip(layer.branch_convs, layer.branch_bns)
+        (torch_conv(conv)["w"], torch_bn(bn))
+        for conv, bn in zip(layer.branch_convs, layer.branch_bns)
     ]
     expected, expected_weights = reference.selective_kernel(
         to_channels_first(x),

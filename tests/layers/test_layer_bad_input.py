@@ -38,13 +38,15 @@ def test_reduction_ratio_must_be_a_positive_int(cls, value):
 @pytest.mark.parametrize("cls", [SpatialAttention, CBAM, ECA])
 @pytest.mark.parametrize("value", [4, 0, -3, 3.0])
 def test_kernel_size_must_be_positive_and_odd(cls, value):
-    with pytest.raises(ValueError, match=rf"`kernel_size` must be a positive odd integer; got {value!r}"):
+    message = rf"`kernel_size` must be a positive odd integer; got {value!r}"
+    with pytest.raises(ValueError, match=message):
         cls(kernel_size=value)
 
 
 @pytest.mark.parametrize("cls", [ChannelAttention, CBAM])
 def test_unknown_pool_type(cls):
-    with pytest.raises(ValueError, match=r"`pool_types` entries must be in .*unknown: \('median',\)"):
+    message = r"`pool_types` entries must be in .*unknown: \('median',\)"
+    with pytest.raises(ValueError, match=message):
         cls(pool_types=("avg", "median"))
 
 
@@ -55,7 +57,8 @@ def test_empty_pool_types(cls):
 
 
 def test_unknown_fusion():
-    with pytest.raises(ValueError, match=r"`fusion` must be one of \('sum', 'product'\); got 'mul'"):
+    message = r"`fusion` must be one of \('sum', 'product'\); got 'mul'"
+    with pytest.raises(ValueError, match=message):
         BAM(fusion="mul")
 
 
@@ -67,7 +70,8 @@ def test_unknown_data_format(cls):
 
 @pytest.mark.parametrize("cls", ALL_LAYERS)
 def test_input_rank_must_be_4(cls):
-    with pytest.raises(ValueError, match=r"`inputs` of \w+ must be 4-D .*; got shape \(2, 5, 8\) of rank 3"):
+    message = r"`inputs` of \w+ must be 4-D .*; got shape \(2, 5, 8\) of rank 3"
+    with pytest.raises(ValueError, match=message):
         cls().build((2, 5, 8))
 
 
@@ -90,12 +94,14 @@ def test_positive_int_arguments():
 
 
 def test_num_dilated_convs_must_be_non_negative():
-    with pytest.raises(ValueError, match=r"`num_dilated_convs` must be a non-negative integer; got -1"):
+    message = r"`num_dilated_convs` must be a non-negative integer; got -1"
+    with pytest.raises(ValueError, match=message):
         BAMSpatialGate(num_dilated_convs=-1)
 
 
 def test_groups_must_divide_channels():
-    with pytest.raises(ValueError, match=r"`groups` must divide both the input channels \(8\) and `filters` \(9\)"):
+    message = r"`groups` must divide both the input channels \(8\) and `filters` \(9\)"
+    with pytest.raises(ValueError, match=message):
         SelectiveKernel(filters=9, groups=2).build((None, 5, 5, 8))
 
 

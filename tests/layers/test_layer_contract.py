@@ -44,7 +44,9 @@ def test_channels_first_matches_channels_last(case):
     first.set_weights(last.get_weights())
 
     y_last, scores_last = last(x, training=False, return_attention_scores=True)
-    y_first, scores_first = first(to_channels_first(x), training=False, return_attention_scores=True)
+    y_first, scores_first = first(
+        to_channels_first(x), training=False, return_attention_scores=True
+    )
     np.testing.assert_allclose(to_channels_last(to_numpy(y_first)), to_numpy(y_last), atol=1e-5)
     keras.tree.map_structure(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),

@@ -9,7 +9,14 @@ from keras_attn.registry import ATTENTION_NAMES
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("cbam", CBAM), ("bam", BAM), ("se", SqueezeExcite), ("sk", SelectiveKernel), ("eca", ECA), ("CBAM", CBAM)],
+    [
+        ("cbam", CBAM),
+        ("bam", BAM),
+        ("se", SqueezeExcite),
+        ("sk", SelectiveKernel),
+        ("eca", ECA),
+        ("CBAM", CBAM),
+    ],
 )
 def test_get_attention(name, cls):
     assert get_attention(name) is cls
@@ -20,7 +27,8 @@ def test_get_attention_none():
 
 
 def test_get_attention_unknown_lists_names():
-    with pytest.raises(ValueError, match=r"`name` must be one of \('cbam', 'bam', 'se', 'sk', 'eca'\) or None; got 'senet'"):
+    message = r"`name` must be one of \('cbam', 'bam', 'se', 'sk', 'eca'\) or None; got 'senet'"
+    with pytest.raises(ValueError, match=message):
         get_attention("senet")
 
 
