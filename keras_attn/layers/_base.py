@@ -131,6 +131,14 @@ class AttentionLayer(keras.layers.Layer):
             kwargs["bias_initializer"] = self.bias_initializer.clone()
         return kwargs
 
+    def _apply_gate(self, inputs, gate, return_attention_scores):
+        """`inputs * gate`, the gate (computed in float32) cast to the inputs' dtype first."""
+        gate = ops.cast(gate, inputs.dtype)
+        outputs = inputs * gate
+        if return_attention_scores:
+            return outputs, gate
+        return outputs
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 

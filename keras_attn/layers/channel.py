@@ -86,11 +86,8 @@ class ChannelAttention(AttentionLayer):
             pooled = spatial_pool(x, pool_type, self.data_format)
             raw = self.mlp_output(ops.relu(self.mlp_hidden(pooled)))
             logits = raw if logits is None else logits + raw
-        gate = ops.cast(as_channel_map(ops.sigmoid(logits), self.data_format), inputs.dtype)
-        outputs = inputs * gate
-        if return_attention_scores:
-            return outputs, gate
-        return outputs
+        gate = as_channel_map(ops.sigmoid(logits), self.data_format)
+        return self._apply_gate(inputs, gate, return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):
         return self._channel_map_shape(input_shape)

@@ -102,11 +102,8 @@ class ECA(AttentionLayer):
     def call(self, inputs, training=None, return_attention_scores=False):
         pooled = spatial_pool(upcast(inputs), "avg", self.data_format)
         logits = ops.squeeze(self.conv(ops.expand_dims(pooled, -1)), -1)
-        gate = ops.cast(as_channel_map(ops.sigmoid(logits), self.data_format), inputs.dtype)
-        outputs = inputs * gate
-        if return_attention_scores:
-            return outputs, gate
-        return outputs
+        gate = as_channel_map(ops.sigmoid(logits), self.data_format)
+        return self._apply_gate(inputs, gate, return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):
         return self._channel_map_shape(input_shape)

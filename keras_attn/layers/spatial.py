@@ -88,11 +88,7 @@ class SpatialAttention(AttentionLayer):
         logits = self.conv(channel_pool(upcast(inputs), self.data_format))
         if self.bn is not None:
             logits = self.bn(logits, training=training)
-        gate = ops.cast(ops.sigmoid(logits), inputs.dtype)
-        outputs = inputs * gate
-        if return_attention_scores:
-            return outputs, gate
-        return outputs
+        return self._apply_gate(inputs, ops.sigmoid(logits), return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):
         return self._spatial_map_shape(input_shape)

@@ -1,7 +1,6 @@
 """SqueezeExcite: the squeeze-and-excitation block of SENet."""
 
 import keras
-from keras import ops
 
 from keras_attn.layers._base import AttentionLayer, check_positive_int, upcast
 from keras_attn.layers._pooling import as_channel_map, spatial_pool
@@ -75,11 +74,7 @@ class SqueezeExcite(AttentionLayer):
     def call(self, inputs, training=None, return_attention_scores=False):
         pooled = spatial_pool(upcast(inputs), "avg", self.data_format)
         gate = as_channel_map(self.expand(self.reduce(pooled)), self.data_format)
-        gate = ops.cast(gate, inputs.dtype)
-        outputs = inputs * gate
-        if return_attention_scores:
-            return outputs, gate
-        return outputs
+        return self._apply_gate(inputs, gate, return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):
         return self._channel_map_shape(input_shape)
