@@ -345,6 +345,16 @@ def test_loaded_model_saves_and_reloads_with_the_product_fusion(tmp_path):
     np.testing.assert_array_equal(keras_forward(reloaded, x), keras_forward(model, x))
 
 
+def test_loading_after_predict_retraces_with_the_product_fusion():
+    state = authors_resnet_state_dict(18, "BAM", num_classes=10, seed=16)
+    model = models.resnet18(attention="bam", input_shape=(32, 32, 3), num_classes=10)
+    x = nchw_input((2, 3, 32, 32), seed=17).transpose(0, 2, 3, 1)
+    model.predict(x, verbose=0)  # traces with the default "sum" fusion
+    load_torch_state_dict(model, state)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
+
+
 # --- Layouts, key handling and BatchNorm conventions. --------------------------------------------
 
 

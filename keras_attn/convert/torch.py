@@ -53,8 +53,8 @@ def load_torch_state_dict(model_or_layer, state_dict):
     may be present or not and is ignored), and every loaded BatchNormalization gets PyTorch's
     epsilon (1e-5) and the Keras momentum equal to one minus the PyTorch momentum of the
     authors' module (0.9 for `nn.BatchNorm2d`, 0.99 for CBAM's spatial gate). Every `BAM`
-    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses; load
-    before the model's first `predict`/`fit`, whose traced functions would keep the old fusion.
+    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses. A model's
+    already traced `fit`/`evaluate`/`predict` functions are discarded, so they retrace with these.
 
     Nothing is assigned unless every key fits.
 
@@ -109,6 +109,11 @@ def load_torch_state_dict(model_or_layer, state_dict):
         batchnorm.epsilon = TORCH_BN_EPSILON
     for bam in names.bams:
         bam.fusion = "product"
+    if isinstance(model_or_layer, keras.Model):
+        # Traced functions froze the old fusion, epsilon and momentum (plain Python attributes).
+        model_or_layer.train_function = None
+        model_or_layer.test_function = None
+        model_or_layer.predict_function = None
 
 
 def load_torch_checkpoint(model, path):
