@@ -5,6 +5,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attn.layers._pooling import channel_axis
+
 DATA_FORMATS = ("channels_last", "channels_first")
 _HALF_DTYPES = ("float16", "bfloat16")
 
@@ -67,9 +69,7 @@ class AttentionLayer(keras.layers.Layer):
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.data_format = standardize_data_format(data_format)
-        channels_last = self.data_format == "channels_last"
-        self.channel_axis = -1 if channels_last else 1
-        self.spatial_axes = (1, 2) if channels_last else (2, 3)
+        self.channel_axis = channel_axis(self.data_format)
 
     def _check_input_shape(self, input_shape):
         """Validates a build-time input shape; returns the number of channels."""
@@ -106,10 +106,9 @@ class AttentionLayer(keras.layers.Layer):
             return "float32"
         return self.dtype_policy
 
-    def _channel_map_shape(self, input_shape, channels=None):
+    def _channel_map_shape(self, input_shape):
         """Shape of a per-channel map: (N, 1, 1, C) or (N, C, 1, 1)."""
-        if channels is None:
-            channels = input_shape[self.channel_axis]
+        channels = input_shape[self.channel_axis]
         if self.data_format == "channels_last":
             return (input_shape[0], 1, 1, channels)
         return (input_shape[0], channels, 1, 1)

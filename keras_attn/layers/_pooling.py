@@ -28,7 +28,8 @@ def _spatial_axes(data_format):
     return (1, 2) if data_format == "channels_last" else (2, 3)
 
 
-def _channel_axis(data_format):
+def channel_axis(data_format):
+    """The channel axis of a 4-D map: -1 for channels_last, 1 for channels_first."""
     return -1 if data_format == "channels_last" else 1
 
 
@@ -56,7 +57,7 @@ def spatial_pool(x, pool_type, data_format):
 
 def channel_pool(x, data_format):
     """Stacks the max and the mean over channels, in that order (the authors' `ChannelPool`)."""
-    axis = _channel_axis(data_format)
+    axis = channel_axis(data_format)
     return ops.concatenate(
         [ops.max(x, axis=axis, keepdims=True), ops.mean(x, axis=axis, keepdims=True)], axis=axis
     )
