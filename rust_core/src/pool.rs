@@ -15,6 +15,7 @@
 mod columns;
 
 pub(crate) use columns::columns;
+use columns::scaled;
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
@@ -82,7 +83,7 @@ pub(crate) fn image_channel_sum_max(exec: Exec, x: &[f32], dims: Dims, sum: &mut
 
 /// Sum and max over the channels of `x * gate[c]` (gate `None`: of `x`) for every pixel of one
 /// image, without writing the product (`sum`, `max`: H * W values).
-pub(crate) fn image_spatial_sum_max(
+pub fn image_spatial_sum_max(
     exec: Exec,
     x: &[f32],
     dims: Dims,
@@ -131,12 +132,29 @@ impl WithSimd for RowLeaf<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        for ((row, sum), max) in self.x.chunks_exact(self.row_len).zip(self.sum.iter_mut()).zip(self.max.iter_mut()) {
+        match self.scale {
+            Some(scale) => self.run::<S, true>(simd, scale),
+            None => self.run::<S, false>(simd, &[]),
+        }
+    }
+}
+
+impl RowLeaf<'_> {
+    #[inline(always)]
+    fn run<S: Simd, const SCALED: bool>(self, simd: S, scale: &[f32]) {
+        let rows = self.x.chunks_exact(self.row_len).zip(self.sum.iter_mut()).zip(self.max.iter_mut());
+        if self.row_len <= ROW_BLOCK {
+            for ((row, sum), max) in rows {
+                (*sum, *max) = block_sum_max::<S, SCALED>(simd, row, scale);
+            }
+            return;
+        }
+        for ((row, sum), max) in rows {
             let mut sums = Pairwise::new();
             let mut row_max = f32::NEG_INFINITY;
             for (b, block) in row.chunks(ROW_BLOCK).enumerate() {
-                let block_scale = self.scale.map(|s| &s[b * ROW_BLOCK..][..block.len()]);
-                let (s, m) = block_sum_max(simd, block, block_scale);
+                let block_scale = if SCALED { &scale[b * ROW_BLOCK..][..block.len()] } else { scale };
+                let (s, m) = block_sum_max::<S, SCALED>(simd, block, block_scale);
                 sums.push(s);
                 row_max = row_max.max(m);
             }
@@ -146,48 +164,40 @@ impl WithSimd for RowLeaf<'_> {
     }
 }
 
-/// Sum and max of `block * scale`, with four vector accumulators of each.
+/// Sum and max of `block` (times `scale` element-wise when `SCALED`), with four vector
+/// accumulators of each.
 #[inline(always)]
-fn block_sum_max<S: Simd>(simd: S, block: &[f32], scale: Option<&[f32]>) -> (f32, f32) {
+fn block_sum_max<S: Simd, const SCALED: bool>(simd: S, block: &[f32], scale: &[f32]) -> (f32, f32) {
     let (x_head, x_tail) = S::as_simd_f32s(block);
-    let (sum_v, max_v, tail) = match scale {
-        None => {
-            let (s, m) = vectors_sum_max(simd, x_head, |v, _| v);
-            (s, m, x_tail.iter().fold((0.0, f32::NEG_INFINITY), |(s, m), &v| (s + v, m.max(v))))
-        }
-        Some(scale) => {
-            let (g_head, g_tail) = S::as_simd_f32s(scale);
-            let (s, m) = vectors_sum_max(simd, x_head, |v, i| simd.mul_f32s(v, g_head[i]));
-            let tail = x_tail.iter().zip(g_tail).fold((0.0, f32::NEG_INFINITY), |(s, m), (&v, &g)| (s + v * g, m.max(v * g)));
-            (s, m, tail)
-        }
-    };
-    (simd.reduce_sum_f32s(sum_v) + tail.0, simd.reduce_max_f32s(max_v).max(tail.1))
-}
-
-/// Sum and max over the vectors `element(x[i], i)`, four accumulators of each.
-#[inline(always)]
-fn vectors_sum_max<S: Simd>(simd: S, x: &[S::f32s], element: impl Fn(S::f32s, usize) -> S::f32s) -> (S::f32s, S::f32s) {
+    let (g_head, g_tail) = if SCALED { S::as_simd_f32s(scale) } else { (&[][..], &[][..]) };
+    let g_head = if SCALED { &g_head[..x_head.len()] } else { g_head };
+    let one = simd.splat_f32s(1.0);
+    let element = |i: usize| scaled::<S, SCALED>(simd, x_head[i], if SCALED { g_head[i] } else { one });
     let zero = simd.splat_f32s(0.0);
     let low = simd.splat_f32s(f32::NEG_INFINITY);
     let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
     let (mut m0, mut m1, mut m2, mut m3) = (low, low, low, low);
-    let quads = x.len() / 4;
+    let quads = x_head.len() / 4;
     for q in 0..quads {
         let i = 4 * q;
-        let (a, b, c, d) = (element(x[i], i), element(x[i + 1], i + 1), element(x[i + 2], i + 2), element(x[i + 3], i + 3));
+        let (a, b, c, d) = (element(i), element(i + 1), element(i + 2), element(i + 3));
         (s0, s1, s2, s3) = (simd.add_f32s(s0, a), simd.add_f32s(s1, b), simd.add_f32s(s2, c), simd.add_f32s(s3, d));
         (m0, m1, m2, m3) = (simd.max_f32s(m0, a), simd.max_f32s(m1, b), simd.max_f32s(m2, c), simd.max_f32s(m3, d));
     }
-    for (i, v) in x.iter().enumerate().skip(4 * quads) {
-        let v = element(*v, i);
+    for i in 4 * quads..x_head.len() {
+        let v = element(i);
         s0 = simd.add_f32s(s0, v);
         m0 = simd.max_f32s(m0, v);
     }
-    (
-        simd.add_f32s(simd.add_f32s(s0, s1), simd.add_f32s(s2, s3)),
-        simd.max_f32s(simd.max_f32s(m0, m1), simd.max_f32s(m2, m3)),
-    )
+    let sum_v = simd.add_f32s(simd.add_f32s(s0, s1), simd.add_f32s(s2, s3));
+    let max_v = simd.max_f32s(simd.max_f32s(m0, m1), simd.max_f32s(m2, m3));
+    let (mut sum, mut max) = (simd.reduce_sum_f32s(sum_v), simd.reduce_max_f32s(max_v));
+    for (j, &v) in x_tail.iter().enumerate() {
+        let v = if SCALED { v * g_tail[j] } else { v };
+        sum += v;
+        max = max.max(v);
+    }
+    (sum, max)
 }
 
 /// Pairwise summation of a stream of values: a binary counter of partial sums, where two sums

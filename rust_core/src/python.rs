@@ -15,7 +15,7 @@ use crate::exec::{all_cores, Exec};
 use crate::layout::{Dims, Layout};
 use crate::simd::Level;
 use crate::{bandwidth, pool};
-use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -71,6 +71,20 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 
 fn shaped<'py>(py: Python<'py>, data: Vec<f32>, shape: &[usize]) -> PyResult<Out<'py>> {
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
+}
+
+/// A new array of `shape`, filled by `fill` with the GIL released. Its memory is not zeroed
+/// first: zeroing a map-sized output would cost a third of a gate pass.
+fn filled<'py>(py: Python<'py>, shape: &[usize], fill: impl FnOnce(&mut [f32]) + Send) -> PyResult<Out<'py>> {
+    // SAFETY: the array is new and not yet visible to Python, so nothing else reads or writes
+    // it; every bit pattern is a valid f32; and `fill` (a kernel writing the whole output)
+    // writes every element before the array is returned.
+    let array = unsafe { PyArrayDyn::<f32>::new(py, shape, false) };
+    // SAFETY: as above; the slice is the array's whole, C-contiguous buffer and is the only
+    // reference to it while `fill` runs.
+    let out = unsafe { array.as_slice_mut() }.map_err(|_| value_error("internal: new array not contiguous"))?;
+    py.detach(|| fill(out));
+    Ok(array.into_any())
 }
 
 /// Mean and max over H and W for every (n, c): two (N, C) arrays.
@@ -134,12 +148,7 @@ fn apply_gates<'py>(
     let channel = channel.as_ref().map(|g| gate(g.shape(), contiguous(g, "channel")?, &[dims.n, dims.c], "channel")).transpose()?;
     let spatial =
         spatial.as_ref().map(|s| gate(s.shape(), contiguous(s, "spatial")?, &[dims.n, dims.h, dims.w], "spatial")).transpose()?;
-    let out = py.detach(|| {
-        let mut out = vec![0.0; data.len()];
-        apply::apply_gates(exec, data, dims, channel, spatial, &mut out);
-        out
-    });
-    shaped(py, out, x.shape())
+    filled(py, x.shape(), |out| apply::apply_gates(exec, data, dims, channel, spatial, out))
 }
 
 /// `x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`.
@@ -162,12 +171,7 @@ fn apply_bam<'py>(
     let channel = gate(channel_logits.shape(), contiguous(&channel_logits, "channel_logits")?, &[dims.n, dims.c], "channel_logits")?;
     let spatial =
         gate(spatial_logits.shape(), contiguous(&spatial_logits, "spatial_logits")?, &[dims.n, dims.h, dims.w], "spatial_logits")?;
-    let out = py.detach(|| {
-        let mut out = vec![0.0; data.len()];
-        apply::apply_bam(exec, data, dims, channel, spatial, fusion, &mut out);
-        out
-    });
-    shaped(py, out, x.shape())
+    filled(py, x.shape(), |out| apply::apply_bam(exec, data, dims, channel, spatial, fusion, out))
 }
 
 fn gate<'a>(shape: &[usize], data: &'a [f32], want: &[usize], name: &str) -> PyResult<&'a [f32]> {
@@ -364,16 +368,11 @@ impl Block {
                 x.shape()
             )));
         }
-        let out = py.detach(|| {
-            let mut out = vec![0.0; data.len()];
-            match &self.kind {
-                Kind::Cbam(b) => b.forward(exec, data, dims, &mut out),
-                Kind::SqueezeExcite(b) => b.forward(exec, data, dims, &mut out),
-                Kind::Bam(b) => b.forward(exec, data, dims, &mut out),
-            }
-            out
-        });
-        shaped(py, out, x.shape())
+        filled(py, x.shape(), |out| match &self.kind {
+            Kind::Cbam(b) => b.forward(exec, data, dims, out),
+            Kind::SqueezeExcite(b) => b.forward(exec, data, dims, out),
+            Kind::Bam(b) => b.forward(exec, data, dims, out),
+        })
     }
 
     fn __repr__(&self) -> String {

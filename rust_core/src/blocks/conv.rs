@@ -144,21 +144,22 @@ impl Conv2d {
     /// `out` (H * W pixels x [`Conv2d::width`]) = the convolution of `input` (H * W pixels by
     /// `inputs` channels, read through its strides), rows shared among threads when large.
     pub fn forward(&self, exec: Exec, input: Strided, h: usize, w: usize, out: &mut [f32]) {
-        assert!(input.rows == h * w && input.cols == self.inputs() && out.len() == h * w * self.width());
-        if self.size == 1 {
-            self.products(exec, &[(input, &self.taps[0])], out);
-            return;
+        assert!(input.rows == h * w && input.cols == self.inputs() && input.in_bounds() && out.len() == h * w * self.width());
+        let cin = self.inputs();
+        if self.size == 1 && input.col_stride == 1 {
+            return self.products(exec, &[(input, &self.taps[0])], out);
         }
-        // Zero-pad the input to (H + 2p + 1) x (W + 2p) pixels (one spare row so every tap's
-        // shifted view stays inside) and compute every output pixel of the padded width: then
-        // each tap is one matrix product over a contiguous run of rows.
+        // Zero-pad the input to (H + 2p + 1) x (W + 2p) pixels by `cin` contiguous channels (one
+        // spare row so every tap's shifted view stays inside) and compute every output pixel of
+        // the padded width: then each tap is one matrix product over a contiguous run of rows.
         let pad = self.dilation * (self.size - 1) / 2;
-        let (cin, stride, width) = (self.inputs(), w + 2 * pad, self.width());
-        let mut padded = vec![0.0; (h + 2 * pad + 1) * stride * cin];
+        let (stride, width) = (w + 2 * pad, self.width());
+        let mut padded = vec![0.0; (h + 2 * pad + usize::from(pad > 0)) * stride * cin];
         for p in 0..h * w {
-            let dst = ((p / w + pad) * stride + p % w + pad) * cin;
-            for c in 0..cin {
-                padded[dst + c] = input.data[input.offset + p * input.row_stride + c * input.col_stride];
+            let dst = &mut padded[((p / w + pad) * stride + p % w + pad) * cin..][..cin];
+            let src = input.offset + p * input.row_stride;
+            for (c, d) in dst.iter_mut().enumerate() {
+                *d = input.data[src + c * input.col_stride];
             }
         }
         let terms: Vec<(Strided, &Weights)> = self
@@ -171,6 +172,9 @@ impl Conv2d {
                 (Strided { data: &padded, offset, rows: h * stride, cols: cin, row_stride: cin, col_stride: 1 }, tap)
             })
             .collect();
+        if pad == 0 {
+            return self.products(exec, &terms, out);
+        }
         let mut grid = vec![0.0; h * stride * width];
         self.products(exec, &terms, &mut grid);
         for (y, out_row) in out.chunks_exact_mut(w * width).enumerate() {
@@ -186,10 +190,14 @@ impl Conv2d {
         let rows_per_task = if exec.splits(work / 8) { rows.div_ceil(4 * exec.threads) } else { rows };
         let task = |(t, out): (usize, &mut [f32])| {
             self.fill_bias(out);
-            for (view, weights) in terms {
-                let part = Strided { offset: view.offset + t * rows_per_task * view.row_stride, rows: out.len() / width, ..*view };
-                matmul_acc(exec.level, part, weights, out);
-            }
+            let parts: Vec<(Strided, &Weights)> = terms
+                .iter()
+                .map(|(view, weights)| {
+                    let offset = view.offset + t * rows_per_task * view.row_stride;
+                    (Strided { offset, rows: out.len() / width, ..*view }, *weights)
+                })
+                .collect();
+            matmul_acc(exec.level, &parts, out);
             if self.relu {
                 out.iter_mut().for_each(|v| *v = v.max(0.0));
             }
@@ -270,6 +278,12 @@ mod tests {
             for exec in crate::test_util::execs() {
                 let mut out = vec![f32::NAN; h * w * conv.width()];
                 exec.run(|| conv.forward(exec, Strided::row_major(&x, h * w, cin), h, w, &mut out));
+                // The same map channels-first: read through a column stride.
+                let channels_first: Vec<f32> = (0..h * w * cin).map(|i| x[(i % (h * w)) * cin + i / (h * w)]).collect();
+                let view = Strided { data: &channels_first, offset: 0, rows: h * w, cols: cin, row_stride: 1, col_stride: h * w };
+                let mut out_cf = vec![f32::NAN; h * w * conv.width()];
+                exec.run(|| conv.forward(exec, view, h, w, &mut out_cf));
+                assert_eq!(out, out_cf);
                 let level = exec.level;
                 let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
                 assert_close(&got, &want, 1e-5, 1e-5, &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()));

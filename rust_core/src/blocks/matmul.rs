@@ -1,6 +1,7 @@
-//! Small matrix products for the blocks' dense layers and convolutions: `out += A W`, with `A`
-//! read through strides (so a feature map in either layout is a matrix of pixels by channels
-//! without a copy) and `W` padded to whole vectors.
+//! Small matrix products for the blocks' dense layers and convolutions: `out += A W` (or a sum of
+//! such products, one per convolution tap), `A` rows read in place through a row stride and `W`
+//! padded to whole vectors. Blocked like a GEMM: a block of weight rows stays in L1 while row
+//! tiles of `A` go through it, with register tiles of 4 rows by 1-2 vectors.
 
 use crate::simd::Level;
 use pulp::{Simd, WithSimd};
@@ -69,69 +70,129 @@ pub fn padded_width(n: usize) -> usize {
     n.div_ceil(COLUMN_PAD) * COLUMN_PAD
 }
 
-/// `out[r, :] += a[r, :] @ w` for every row of `a`; `out` is `a.rows` x `w.width()`.
-pub fn matmul_acc(level: Level, a: Strided, w: &Weights, out: &mut [f32]) {
-    assert!(a.cols == w.inputs && a.in_bounds() && out.len() == a.rows * w.width());
-    level.dispatch(MatmulAcc { a, w, out });
+/// `out[r, :] += sum over terms of a[r, :] @ w` for every row; every `a` has the same rows,
+/// unit column stride and `w.inputs` columns, every `w` the same width; `out` is rows x width.
+pub fn matmul_acc(level: Level, terms: &[(Strided, &Weights)], out: &mut [f32]) {
+    let (rows, width) = (terms[0].0.rows, terms[0].1.width());
+    for (a, w) in terms {
+        assert!(a.rows == rows && a.col_stride == 1 && a.cols == w.inputs && w.width() == width && a.in_bounds());
+    }
+    assert!(out.len() == rows * width);
+    level.dispatch(MatmulAcc { terms, out });
 }
 
 struct MatmulAcc<'a> {
-    a: Strided<'a>,
-    w: &'a Weights,
+    terms: &'a [(Strided<'a>, &'a Weights)],
     out: &'a mut [f32],
 }
 
-/// Rows computed at once: four independent accumulator chains per weight vector.
+/// Rows computed at once.
 const ROW_TILE: usize = 4;
+/// Weight rows (summed over terms) per block: a block of weights stays in L1 while every row
+/// tile goes through it.
+const K_BLOCK: usize = 256;
+
+/// A run of weight rows `k` of term `term`.
+#[derive(Clone, Copy)]
+struct Segment {
+    term: usize,
+    k: (usize, usize),
+}
 
 impl WithSimd for MatmulAcc<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self { a, w, out } = self;
-        let width = w.width();
-        let full = a.rows / ROW_TILE * ROW_TILE;
-        for (t, out_tile) in out[..full * width].chunks_exact_mut(ROW_TILE * width).enumerate() {
-            tile::<S, ROW_TILE>(simd, a, t * ROW_TILE, w, out_tile);
-        }
-        for r in full..a.rows {
-            tile::<S, 1>(simd, a, r, w, &mut out[r * width..][..width]);
-        }
-    }
-}
-
-/// Rows `first..first + R` of `out += a @ w`, one output vector at a time.
-#[inline(always)]
-fn tile<S: Simd, const R: usize>(simd: S, a: Strided, first: usize, w: &Weights, out: &mut [f32]) {
-    let width = w.width();
-    let lanes = S::F32_LANES;
-    let row_base: [usize; R] = core::array::from_fn(|r| a.offset + (first + r) * a.row_stride);
-    for j in (0..width).step_by(lanes) {
-        let mut acc: [S::f32s; R] = core::array::from_fn(|r| load(simd, &out[r * width + j..][..lanes]));
-        for k in 0..a.cols {
-            let wv = load(simd, &w.padded[k * width + j..][..lanes]);
-            for r in 0..R {
-                let av = simd.splat_f32s(a.data[row_base[r] + k * a.col_stride]);
-                acc[r] = simd.mul_add_f32s(av, wv, acc[r]);
+        let Self { terms, out } = self;
+        let (rows, width) = (terms[0].0.rows, terms[0].1.width());
+        let vectors = width / S::F32_LANES;
+        let full_tiles = rows / ROW_TILE;
+        for block in k_blocks(terms) {
+            // Groups of output vectors that give at least four independent accumulator chains.
+            let mut v = 0;
+            while v + 2 <= vectors {
+                for t in 0..full_tiles {
+                    tile::<S, ROW_TILE, 2>(simd, terms, &block, t * ROW_TILE, v, out);
+                }
+                v += 2;
+            }
+            if v < vectors {
+                for t in 0..full_tiles {
+                    tile::<S, ROW_TILE, 1>(simd, terms, &block, t * ROW_TILE, v, out);
+                }
+            }
+            for r in full_tiles * ROW_TILE..rows {
+                let mut v = 0;
+                while v + 4 <= vectors {
+                    tile::<S, 1, 4>(simd, terms, &block, r, v, out);
+                    v += 4;
+                }
+                while v < vectors {
+                    tile::<S, 1, 1>(simd, terms, &block, r, v, out);
+                    v += 1;
+                }
             }
         }
-        for (r, v) in acc.into_iter().enumerate() {
-            store(simd, &mut out[r * width + j..][..lanes], v);
-        }
     }
 }
 
-#[inline(always)]
-fn load<S: Simd>(_simd: S, s: &[f32]) -> S::f32s {
-    let (head, _) = S::as_simd_f32s(s);
-    head[0]
+/// The terms' weight rows cut into blocks of at most [`K_BLOCK`] rows (a block may span terms).
+fn k_blocks(terms: &[(Strided, &Weights)]) -> Vec<Vec<Segment>> {
+    let mut blocks = vec![Vec::new()];
+    let mut filled = 0;
+    for (term, (_, w)) in terms.iter().enumerate() {
+        let mut k = 0;
+        while k < w.inputs {
+            if filled == K_BLOCK {
+                blocks.push(Vec::new());
+                filled = 0;
+            }
+            let end = (k + K_BLOCK - filled).min(w.inputs);
+            blocks.last_mut().expect("never empty").push(Segment { term, k: (k, end) });
+            filled += end - k;
+            k = end;
+        }
+    }
+    blocks
 }
 
+/// Output vectors `first..first + J` of rows `row..row + R`, over one block of weight rows.
 #[inline(always)]
-fn store<S: Simd>(_simd: S, s: &mut [f32], v: S::f32s) {
-    let (head, _) = S::as_mut_simd_f32s(s);
-    head[0] = v;
+fn tile<S: Simd, const R: usize, const J: usize>(
+    simd: S,
+    terms: &[(Strided, &Weights)],
+    block: &[Segment],
+    row: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let width = terms[0].1.width();
+    let lanes = S::F32_LANES;
+    let out_vector = |r: usize| (row + r) * width / lanes + first;
+    let mut acc = [[simd.splat_f32s(0.0); J]; R];
+    let (out_head, _) = S::as_mut_simd_f32s(out);
+    for (r, acc) in acc.iter_mut().enumerate() {
+        acc.copy_from_slice(&out_head[out_vector(r)..out_vector(r) + J]);
+    }
+    for segment in block {
+        let (a, w) = &terms[segment.term];
+        let (k0, k1) = segment.k;
+        let a_rows: [&[f32]; R] = core::array::from_fn(|r| &a.data[a.offset + (row + r) * a.row_stride..][k0..k1]);
+        let w_rows = w.padded[k0 * width..k1 * width].chunks_exact(width);
+        for (k, w_row) in w_rows.enumerate() {
+            let wv = &S::as_simd_f32s(w_row).0[first..first + J];
+            for r in 0..R {
+                let av = simd.splat_f32s(a_rows[r][k]);
+                for j in 0..J {
+                    acc[r][j] = simd.mul_add_f32s(av, wv[j], acc[r][j]);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out_head[out_vector(r)..out_vector(r) + J].copy_from_slice(acc);
+    }
 }
 
 /// A dense layer `y = x W + b`, optionally followed by ReLU.
@@ -166,7 +227,7 @@ impl Dense {
         for row in out.chunks_exact_mut(self.weights.width()) {
             row.copy_from_slice(&self.bias);
         }
-        matmul_acc(level, a, &self.weights, out);
+        matmul_acc(level, &[(a, &self.weights)], out);
         if self.relu {
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -180,7 +241,7 @@ mod tests {
 
     #[test]
     fn dense_matches_reference_on_every_level_and_stride() {
-        for (rows, inputs, outputs) in [(1, 1, 1), (2, 3, 17), (7, 256, 16), (5, 33, 40)] {
+        for (rows, inputs, outputs) in [(1, 1, 1), (2, 3, 17), (7, 256, 16), (5, 33, 40), (9, 600, 70)] {
             let x = data(rows * inputs, 1);
             let kernel = data(inputs * outputs, 2);
             let bias = data(outputs, 3);
@@ -192,11 +253,11 @@ mod tests {
                 }
             }
             let dense = Dense::new(&kernel, &bias, inputs, true).unwrap();
-            // The same matrix stored transposed (column-major), read through strides.
-            let xt: Vec<f32> = (0..rows * inputs).map(|i| x[(i % rows) * inputs + i / rows]).collect();
+            // Rows spaced wider than they are long, as padded maps are.
+            let spaced: Vec<f32> = x.chunks_exact(inputs).flat_map(|row| [row, &[f32::NAN; 3][..]].concat()).collect();
             let views = [
                 Strided::row_major(&x, rows, inputs),
-                Strided { data: &xt, offset: 0, rows, cols: inputs, row_stride: 1, col_stride: rows },
+                Strided { data: &spaced, offset: 0, rows, cols: inputs, row_stride: inputs + 3, col_stride: 1 },
             ];
             for level in Level::available() {
                 for view in views {

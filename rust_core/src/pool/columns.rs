@@ -115,27 +115,14 @@ impl Leaf<'_> {
     #[inline(always)]
     fn run<S: Simd, const SCALED: bool, const W: usize>(self, simd: S) {
         let Self { matrix, rows, cols, sum, max } = self;
-        // Columns up to the first vector boundary go like the tail, so that the vector loads
-        // are aligned (a load split across two cache lines costs AVX-512 about 15%).
-        let peel = matrix.misaligned_floats::<S>(rows.start, cols.start).min(cols.len());
-        let (sum_peel, sum) = sum.split_at_mut(peel);
-        let (max_peel, max) = max.split_at_mut(peel);
-        let first_col = cols.start + peel;
+        sum.fill(0.0);
+        max.fill(f32::NEG_INFINITY);
         let (sum_head, sum_tail) = S::as_mut_simd_f32s(sum);
         let (max_head, max_tail) = S::as_mut_simd_f32s(max);
         let vectors = sum_head.len();
-        let tail_col = first_col + vectors * S::F32_LANES;
-        for s in [&mut *sum_peel, &mut *sum_tail] {
-            s.fill(0.0);
-        }
-        for m in [&mut *max_peel, &mut *max_tail] {
-            m.fill(f32::NEG_INFINITY);
-        }
-        sum_head.fill(simd.splat_f32s(0.0));
-        max_head.fill(simd.splat_f32s(f32::NEG_INFINITY));
+        let tail_col = cols.start + vectors * S::F32_LANES;
         for start in rows.clone().step_by(TILE_ROWS) {
-            let tile = Tile { matrix, rows: start..(start + TILE_ROWS).min(rows.end), first_col };
-            tile.partial_add::<S, SCALED>(simd, cols.start, sum_peel, max_peel);
+            let tile = Tile { matrix, rows: start..(start + TILE_ROWS).min(rows.end), first_col: cols.start };
             tile.partial_add::<S, SCALED>(simd, tail_col, sum_tail, max_tail);
             let mut v = 0;
             while v + W <= vectors {
@@ -155,19 +142,6 @@ impl Leaf<'_> {
                 tile.add_into::<S, SCALED, 1>(simd, v, sum_head, max_head);
             }
         }
-    }
-}
-
-impl Matrix<'_> {
-    /// How many floats from (`row`, `col`) to the next vector boundary, when every row starts
-    /// at the same alignment (else 0: no column offset aligns them all).
-    fn misaligned_floats<S: Simd>(&self, row: usize, col: usize) -> usize {
-        let bytes = S::F32_LANES * 4;
-        let address = self.x.as_ptr() as usize + (row * self.row_len + col) * 4;
-        if !(self.row_len * 4).is_multiple_of(bytes) || address.is_multiple_of(bytes) {
-            return 0;
-        }
-        (bytes - address % bytes) / 4
     }
 }
 
