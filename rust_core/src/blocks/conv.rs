@@ -71,9 +71,10 @@ impl WithSimd for PoolConvOp<'_> {
         let k = conv.size;
         for y in 0..h {
             for x0 in (0..w).step_by(lanes * CHUNKS) {
-                let mut acc = [simd.splat_f32s(conv.bias); CHUNKS];
-                for plane in 0..2 {
-                    for ky in 0..k {
+                // One accumulator chain per plane and output vector, summed at the end.
+                let mut acc = [[simd.splat_f32s(0.0); CHUNKS]; 2];
+                for ky in 0..k {
+                    for (plane, acc) in acc.iter_mut().enumerate() {
                         let row = &padded[(plane * rows + y + ky) * stride + x0..];
                         for kx in 0..k {
                             let weight = simd.splat_f32s(conv.kernel[(ky * k + kx) * 2 + plane]);
@@ -85,8 +86,10 @@ impl WithSimd for PoolConvOp<'_> {
                         }
                     }
                 }
+                let bias = simd.splat_f32s(conv.bias);
                 let out_row = &mut out[y * w..(y + 1) * w];
-                for (c, a) in acc.into_iter().enumerate() {
+                for (c, (a, b)) in acc[0].into_iter().zip(acc[1]).enumerate() {
+                    let a = simd.add_f32s(simd.add_f32s(a, b), bias);
                     let start = x0 + c * lanes;
                     if start < w {
                         simd.partial_store_f32s(&mut out_row[start..(start + lanes).min(w)], a);
