@@ -150,3 +150,23 @@ def test_dynamic_height_width(name, tmp_path):
     runner = check_xnnpack(fixed.path, XNNPACK_OPS)
     x = np.abs(rng.normal(size=(3,) + FEATURES)).astype("float32")
     np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_lp_and_lse_pools_convert_but_leave_ops_to_litert(tmp_path):
+    """The non-default "lp" and "lse" channel pools convert to builtins and stay accurate, but
+    int8 keeps SQUARE in float and XNNPACK takes neither it nor EXP / LOG: several partitions."""
+    inputs = keras.Input(FEATURES)
+    layer = keras_attn.ChannelAttention(reduction_ratio=4, pool_types=("avg", "max", "lp", "lse"))
+    model = keras.Model(inputs, layer(inputs))
+    randomize(model, seed=5)
+    data = np.abs(np.random.default_rng(6).normal(size=(80,) + FEATURES)).astype("float32")
+    expected = model.predict(data[CALIBRATION:], verbose=0)
+    f32 = LiteRTModel(to_tflite(model, tmp_path / "f32.tflite").path)
+    assert f32.fully_delegated()
+    np.testing.assert_allclose(f32(data[CALIBRATION:]), expected, atol=1e-4, rtol=1e-4)
+    report = to_tflite(model, tmp_path / "int8.tflite", "int8", data[:CALIBRATION])
+    assert {"SQUARE", "EXP", "LOG"} <= set(report.op_counts)
+    int8 = LiteRTModel(report.path)
+    assert int8.delegate_partitions > 1
+    assert cosine(int8(data[CALIBRATION:]), expected) >= 0.99
