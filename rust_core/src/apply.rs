@@ -5,7 +5,7 @@
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
-use crate::simd::sigmoid;
+use crate::simd::{neg_exp_in_place, sigmoid};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
@@ -46,15 +46,25 @@ pub fn apply_bam(
     out: &mut [f32],
 ) {
     check(x, dims, [channel_logits, spatial_logits], out);
+    // With sum fusion, exp(-(c + s)) = exp(-c) exp(-s): two small exponentials per image
+    // instead of one per element. Exact while |c| and |s| stay inside exp's unclamped range.
+    let factor = fusion == Fusion::Sum && channel_logits.iter().chain(spatial_logits).all(|v| v.abs() <= FACTOR_LIMIT);
     exec.run(|| {
         per_image(exec, x, dims, out, |exec, n, x, out| {
-            let channel = &channel_logits[n * dims.c..][..dims.c];
-            let spatial = &spatial_logits[n * dims.pixels()..][..dims.pixels()];
+            let mut channel = channel_logits[n * dims.c..][..dims.c].to_vec();
+            let mut spatial = spatial_logits[n * dims.pixels()..][..dims.pixels()].to_vec();
+            let combine = if factor {
+                neg_exp_in_place(exec.level, &mut channel);
+                neg_exp_in_place(exec.level, &mut spatial);
+                Combine::BamFactors
+            } else {
+                Combine::Bam(fusion)
+            };
             let (rows, cols) = match dims.layout {
                 Layout::ChannelsLast => (spatial, channel),
                 Layout::ChannelsFirst => (channel, spatial),
             };
-            image(exec, x, dims, Some(rows), Some(cols), Combine::Bam(fusion), out);
+            image(exec, x, dims, Some(&rows), Some(&cols), combine, out);
         })
     });
 }
@@ -95,7 +105,13 @@ enum Combine {
     Scale { channel_is_row: bool },
     /// `x * (1 + sigmoid(fuse(row, column)))`.
     Bam(Fusion),
+    /// The same for sum fusion from `row = exp(-r)` and `column = exp(-c)`:
+    /// `x + x / (1 + row * column)`.
+    BamFactors,
 }
+
+/// Logits up to this size factor exactly (see [`apply_bam`]); `exp` clamps beyond 86.
+const FACTOR_LIMIT: f32 = 40.0;
 
 struct GateLeaf<'a> {
     x: &'a [f32],
@@ -139,6 +155,10 @@ fn gate<S: Simd>(simd: S, combine: Combine, x: S::f32s, row: S::f32s, col: S::f3
                 Fusion::Product => simd.mul_f32s(row, col),
             };
             simd.mul_f32s(x, simd.add_f32s(simd.splat_f32s(1.0), sigmoid(simd, logit)))
+        }
+        Combine::BamFactors => {
+            let denominator = simd.add_f32s(simd.splat_f32s(1.0), simd.mul_f32s(row, col));
+            simd.add_f32s(x, simd.div_f32s(x, denominator))
         }
     }
 }
@@ -198,6 +218,10 @@ mod tests {
             let x = data(d.len(), 8);
             let ch = data(d.n * d.c, 9);
             let sp = data(d.n * d.pixels(), 10);
+            let mut sp = sp.clone();
+            if d.c == 17 {
+                sp[0] = 50.0; // beyond FACTOR_LIMIT: the per-element path
+            }
             for (fusion, fuse) in [(Fusion::Sum, (|a, b| a + b) as fn(f64, f64) -> f64), (Fusion::Product, |a, b| a * b)] {
                 let want = reference(&x, d, &ch, &sp, |x, g, s| x * (1.0 + 1.0 / (1.0 + (-fuse(g, s)).exp())));
                 for exec in execs() {

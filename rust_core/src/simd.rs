@@ -145,20 +145,32 @@ pub fn sigmoid<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
 
 /// Applies [`sigmoid`] to every element of `values` in place.
 pub fn sigmoid_in_place(level: Level, values: &mut [f32]) {
-    struct Op<'a>(&'a mut [f32]);
-    impl WithSimd for Op<'_> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) {
-            let (head, tail) = S::as_mut_simd_f32s(self.0);
-            for v in head {
-                *v = sigmoid(simd, *v);
-            }
-            let last = sigmoid(simd, simd.partial_load_f32s(tail));
-            simd.partial_store_f32s(tail, last);
+    level.dispatch(MapInPlace { values, negated_exp: false });
+}
+
+/// Replaces every element `v` of `values` by `exp(-v)`.
+pub fn neg_exp_in_place(level: Level, values: &mut [f32]) {
+    level.dispatch(MapInPlace { values, negated_exp: true });
+}
+
+struct MapInPlace<'a> {
+    values: &'a mut [f32],
+    negated_exp: bool,
+}
+
+impl WithSimd for MapInPlace<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let f = |v| if self.negated_exp { exp(simd, simd.neg_f32s(v)) } else { sigmoid(simd, v) };
+        let (head, tail) = S::as_mut_simd_f32s(self.values);
+        for v in head {
+            *v = f(*v);
         }
+        let last = f(simd.partial_load_f32s(tail));
+        simd.partial_store_f32s(tail, last);
     }
-    level.dispatch(Op(values));
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! - [`Conv2d`]: BAM's 1x1 and dilated 3x3 convolutions over pixel-major maps, as one matrix
 //!   product per kernel tap (vectorised over output channels).
 
-use super::matmul::{matmul_acc, padded_width, Strided, Weights};
+use super::matmul::{matmul_acc, padded_width, Strided, Weights, COLUMN_PAD};
 use crate::exec::Exec;
 use crate::simd::Level;
 use rayon::prelude::*;
@@ -100,6 +100,55 @@ impl WithSimd for PoolConvOp<'_> {
     }
 }
 
+/// See [`Conv2d::pointwise_channels_first`]: output pixels `pixels` into `out`.
+struct Pointwise<'a> {
+    conv: &'a Conv2d,
+    input: Strided<'a>,
+    pixels: std::ops::Range<usize>,
+    out: &'a mut [f32],
+}
+
+/// Output channels accumulated at once by [`Pointwise`].
+const POINTWISE_OUTPUTS: usize = 8;
+
+impl WithSimd for Pointwise<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self { conv, input, pixels, out } = self;
+        let (lanes, width, outputs) = (S::F32_LANES, conv.width(), conv.outputs());
+        let tap = &conv.taps[0];
+        let mut lanes_out = [0.0f32; COLUMN_PAD];
+        for p0 in pixels.clone().step_by(lanes) {
+            let count = lanes.min(pixels.end - p0);
+            for j0 in (0..outputs).step_by(POINTWISE_OUTPUTS) {
+                let mut acc = [simd.splat_f32s(0.0); POINTWISE_OUTPUTS];
+                for c in 0..input.cols {
+                    let src = &input.data[input.offset + c * input.col_stride + p0..][..count];
+                    let xv = simd.partial_load_f32s(src);
+                    let w = &tap.row(c)[j0..j0 + POINTWISE_OUTPUTS];
+                    for (a, &w) in acc.iter_mut().zip(w) {
+                        *a = simd.mul_add_f32s(simd.splat_f32s(w), xv, *a);
+                    }
+                }
+                // Transposed store: lane l of accumulator k is output channel j0 + k of pixel
+                // p0 + l.
+                for (k, a) in acc.iter().enumerate().take(outputs - j0) {
+                    simd.partial_store_f32s(&mut lanes_out[..lanes], *a);
+                    for (l, v) in lanes_out[..count].iter().enumerate() {
+                        let value = v + conv.bias[j0 + k];
+                        out[(p0 - pixels.start + l) * width + j0 + k] = if conv.relu { value.max(0.0) } else { value };
+                    }
+                }
+            }
+            for l in 0..count {
+                out[(p0 - pixels.start + l) * width + outputs..][..width - outputs].fill(0.0);
+            }
+        }
+    }
+}
+
 /// A K x K convolution (odd K, dilation d) of a pixel-major map with `inputs` channels to
 /// `outputs` channels, plus bias and optional ReLU (BatchNorm folded into kernel and bias).
 #[derive(Clone, Debug)]
@@ -152,17 +201,36 @@ impl Conv2d {
         if self.size == 1 && input.col_stride == 1 {
             return self.products(exec, &[(input, &self.taps[0])], out);
         }
+        if self.size == 1 && input.row_stride == 1 {
+            return self.pointwise_channels_first(exec, input, out);
+        }
         // Zero-pad the input to (H + 2p + 1) x (W + 2p) pixels by `cin` contiguous channels (one
         // spare row so every tap's shifted view stays inside) and compute every output pixel of
         // the padded width: then each tap is one matrix product over a contiguous run of rows.
         let pad = self.dilation * (self.size - 1) / 2;
         let (stride, width) = (w + 2 * pad, self.width());
         let mut padded = vec![0.0; (h + 2 * pad + usize::from(pad > 0)) * stride * cin];
-        for p in 0..h * w {
-            let dst = &mut padded[((p / w + pad) * stride + p % w + pad) * cin..][..cin];
-            let src = input.offset + p * input.row_stride;
-            for (c, d) in dst.iter_mut().enumerate() {
-                *d = input.data[src + c * input.col_stride];
+        for y in 0..h {
+            let dst = &mut padded[((y + pad) * stride + pad) * cin..][..w * cin];
+            let first = input.offset + y * w * input.row_stride;
+            if input.col_stride == 1 {
+                for (x, d) in dst.chunks_exact_mut(cin).enumerate() {
+                    d.copy_from_slice(&input.data[first + x * input.row_stride..][..cin]);
+                }
+                continue;
+            }
+            // A transpose (channels-first input), in 16 x 16 tiles so that the lines read and
+            // the lines written both stay in L1.
+            for x0 in (0..w).step_by(16) {
+                let x1 = (x0 + 16).min(w);
+                for c0 in (0..cin).step_by(16) {
+                    for c in c0..(c0 + 16).min(cin) {
+                        let src = &input.data[first + c * input.col_stride..];
+                        for x in x0..x1 {
+                            dst[x * cin + c] = src[x * input.row_stride];
+                        }
+                    }
+                }
             }
         }
         let terms: Vec<(Strided, &Weights)> = self
@@ -206,6 +274,26 @@ impl Conv2d {
             }
         };
         if rows_per_task < rows {
+            out.par_chunks_mut(rows_per_task * width).enumerate().for_each(task);
+        } else {
+            task((0, out));
+        }
+    }
+
+    /// A 1x1 convolution of a channels-first map (channel rows of contiguous pixels), vectorised
+    /// along the pixels so that the map is read in place, without a transpose.
+    fn pointwise_channels_first(&self, exec: Exec, input: Strided, out: &mut [f32]) {
+        let width = self.width();
+        let rows_per_task = if exec.splits(input.rows * input.cols * width / 8) {
+            input.rows.div_ceil(4 * exec.threads).next_multiple_of(COLUMN_PAD)
+        } else {
+            input.rows
+        };
+        let task = |(t, out): (usize, &mut [f32])| {
+            let pixels = t * rows_per_task..t * rows_per_task + out.len() / width;
+            exec.level.dispatch(Pointwise { conv: self, input, pixels, out });
+        };
+        if rows_per_task < input.rows {
             out.par_chunks_mut(rows_per_task * width).enumerate().for_each(task);
         } else {
             task((0, out));
@@ -286,7 +374,8 @@ mod tests {
                 let view = Strided { data: &channels_first, offset: 0, rows: h * w, cols: cin, row_stride: 1, col_stride: h * w };
                 let mut out_cf = vec![f32::NAN; h * w * conv.width()];
                 exec.run(|| conv.forward(exec, view, h, w, &mut out_cf));
-                assert_eq!(out, out_cf);
+                let out_f64: Vec<f64> = out.iter().map(|&v| v as f64).collect();
+                assert_close(&out_cf, &out_f64, 1e-5, 1e-5, "channels-first input");
                 let level = exec.level;
                 let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
                 assert_close(&got, &want, 1e-5, 1e-5, &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()));

@@ -63,6 +63,11 @@ impl Weights {
     pub fn width(&self) -> usize {
         padded_width(self.outputs)
     }
+
+    /// Row `k` (input `k`'s weights to every output), padded to [`Weights::width`].
+    pub fn row(&self, k: usize) -> &[f32] {
+        &self.padded[k * self.width()..(k + 1) * self.width()]
+    }
 }
 
 /// `n` rounded up to a multiple of [`COLUMN_PAD`].
