@@ -65,13 +65,15 @@ def test_int8_io_quantized_for_the_caller(model, data, tmp_path):
 
 def test_wrong_input_shape(model, data, tmp_path):
     runner = LiteRTModel(to_tflite(model, tmp_path / "m.tflite").path)
-    with pytest.raises(ValueError, match=r"shape \(1, 6, 6, 2\) with any batch size; got \(5, 6, 2\)"):
+    expected = r"shape \(1, 6, 6, 2\) with any batch size; got \(5, 6, 2\)"
+    with pytest.raises(ValueError, match=expected):
         runner(data[:, 0])
 
 
 def test_wrong_input_count(model, data, tmp_path):
     runner = LiteRTModel(to_tflite(model, tmp_path / "m.tflite").path)
-    with pytest.raises(ValueError, match=r"`inputs` must hold 1 array\(s\), one per model input; got 2"):
+    expected = r"`inputs` must hold 1 array\(s\), one per model input; got 2"
+    with pytest.raises(ValueError, match=expected):
         runner([data, data])
 
 

@@ -142,6 +142,7 @@ def run_demo(out, epochs=12, quick=False, seed=0, batch_size=32, print_fn=print)
     print_fn(
         f"digits: {len(train[0])} training and {len(x_test)} test images at "
         f"{image_size}x{image_size}; {epochs} epoch(s) per model; output in {out}"
+        + ("\n(--quick: a smoke run of every step; its accuracies mean nothing)" * quick)
     )
     results = {"image_size": image_size, "epochs": epochs, "train": len(train[0]),
                "test": len(x_test), "models": {}}

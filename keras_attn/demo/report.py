@@ -4,10 +4,11 @@
 def _table(header, rows):
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-        for line in lines
-    )
+    def cells(line):  # first column left-aligned, numbers right-aligned
+        return [str(c).rjust(w) if i else str(c).ljust(w)
+                for i, (c, w) in enumerate(zip(line, widths))]
+
+    return "\n".join("  ".join(cells(line)) for line in lines)
 
 
 def training_table(results):

@@ -156,7 +156,8 @@ class LiteRTModel:
             chunk = [a[start : start + batch] for a in arrays]
             short = batch - len(chunk[0])
             if short:  # fixed batch dimension: pad the last chunk, drop the padding after.
-                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk]
+                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)])
+                         for c in chunk]
             results = self._run_chunk(chunk)
             outputs.append([r[: batch - short] for r in results])
         merged = [np.concatenate(parts) for parts in zip(*outputs)]

@@ -179,7 +179,8 @@ def to_tflite(
 
     Example:
 
-    >>> report = to_tflite(model, "cnn_int8.tflite", "int8", representative_data=x_train[:200])  # doctest: +SKIP
+    >>> report = to_tflite(  # doctest: +SKIP
+    ...     model, "cnn_int8.tflite", "int8", representative_data=x_train[:200])
     >>> print(report)  # doctest: +SKIP
     cnn_int8.tflite: 61,344 bytes, quantization='int8', inputs float32, outputs float32; ...
     """
