@@ -21,8 +21,12 @@ _SAME_SCALE_OPS = {
     "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION", "PAD", "SLICE",
     "STRIDED_SLICE", "SPLIT", "MAX_POOL_2D", "REDUCE_MAX", "REDUCE_MIN", "GATHER",
 }
-# Ops with an int32 bias (input index) quantized with scale input_scale * weight_scale.
-_BIAS_INPUT = {"FULLY_CONNECTED": 2, "CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "TRANSPOSE_CONV": 3}
+# Ops with an int32 bias quantized with scale input_scale * weight_scale:
+# (index of the activation input, index of the bias input).
+_BIASED_OPS = {
+    "FULLY_CONNECTED": (0, 2), "CONV_2D": (0, 2), "DEPTHWISE_CONV_2D": (0, 2),
+    "TRANSPOSE_CONV": (2, 3),
+}
 _INT8 = 9  # schema TensorType.INT8
 
 
@@ -74,14 +78,14 @@ def widen_empty_ranges(model_bytes):
                 new_scales[out] = (_scale(tensors[out]), scale)
                 tensors[out].quantization.scale = np.array([scale], np.float32)
         for op in subgraph.operators:
-            name = fbu.opcode_to_name(model, op.opcodeIndex)
-            if name not in _BIAS_INPUT or op.inputs[0] not in new_scales:
+            activation, bias_input = _BIASED_OPS.get(
+                fbu.opcode_to_name(model, op.opcodeIndex), (None, None)
+            )
+            if (activation is None or op.inputs[activation] not in new_scales
+                    or len(op.inputs) <= bias_input or op.inputs[bias_input] < 0):
                 continue
-            bias_index = op.inputs[_BIAS_INPUT[name]] if len(op.inputs) > _BIAS_INPUT[name] else -1
-            if bias_index < 0:
-                continue
-            old, new = new_scales[op.inputs[0]]
-            bias = tensors[bias_index]
+            old, new = new_scales[op.inputs[activation]]
+            bias = tensors[op.inputs[bias_input]]
             values = np.frombuffer(bytes(model.buffers[bias.buffer].data), np.int32)
             rescaled = np.round(values.astype(np.float64) * (old / new)).astype(np.int32)
             data = np.frombuffer(rescaled.tobytes(), np.uint8)
