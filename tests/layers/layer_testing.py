@@ -44,7 +44,7 @@ LAYER_CASES = {
 _BIASES_BEFORE_BATCHNORM = ("hidden_dense", "reduce_conv", "dilated_conv")
 
 
-def _must_change(variable):
+def must_change(variable):
     return not (
         variable.name == "bias" and any(s in variable.path for s in _BIASES_BEFORE_BATCHNORM)
     )
@@ -147,7 +147,7 @@ def run_layer_test(cls, init_kwargs, tmp_path, input_shape=INPUT_SHAPE):
     target = random_input(eager.compute_output_shape(x_train.shape), seed=2)
     model.fit(x_train, target, batch_size=4, epochs=1, verbose=0)
     for variable, old in zip(model.weights, before):
-        if _must_change(variable):
+        if must_change(variable):
             assert not np.array_equal(to_numpy(variable), old), f"{variable.path} did not change"
 
     y_other = model.predict(x_other, verbose=0)
