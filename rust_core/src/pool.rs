@@ -83,7 +83,7 @@ pub(crate) fn image_channel_sum_max(exec: Exec, x: &[f32], dims: Dims, sum: &mut
 
 /// Sum and max over the channels of `x * gate[c]` (gate `None`: of `x`) for every pixel of one
 /// image, without writing the product (`sum`, `max`: H * W values).
-pub fn image_spatial_sum_max(
+pub(crate) fn image_spatial_sum_max(
     exec: Exec,
     x: &[f32],
     dims: Dims,

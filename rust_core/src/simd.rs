@@ -111,6 +111,21 @@ impl Level {
     }
 }
 
+/// Asks the CPU to start loading the cache line that holds `value` (a hint: no effect where the
+/// instruction set has none).
+#[inline(always)]
+pub fn prefetch(value: &f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally visible and never faults; `value` is a
+    // valid reference anyway. SSE, which provides it, is part of every x86_64 CPU.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const f32).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// `exp(x)` for every lane, within 2 ulp over the range where the result is a normal float
 /// (Cephes' polynomial on `x - n ln 2`, scaled by `2^n` through the exponent bits). Inputs are
 /// clamped to [-86, 88.7], so the result never overflows to infinity or falls to a subnormal.

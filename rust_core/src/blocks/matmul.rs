@@ -111,6 +111,7 @@ impl WithSimd for MatmulAcc<'_> {
     fn with_simd<S: Simd>(self, simd: S) {
         let Self { terms, out } = self;
         let (rows, width) = (terms[0].0.rows, terms[0].1.width());
+
         let vectors = width / S::F32_LANES;
         let full_tiles = rows / ROW_TILE;
         for block in k_blocks(terms) {
@@ -127,7 +128,21 @@ impl WithSimd for MatmulAcc<'_> {
                     tile::<S, ROW_TILE, 1>(simd, terms, &block, t * ROW_TILE, v, out);
                 }
             }
-            for r in full_tiles * ROW_TILE..rows {
+            // The last rows: in pairs (so that each weight row is read once for both), then one.
+            let mut r = full_tiles * ROW_TILE;
+            if r + 2 <= rows {
+                let mut v = 0;
+                while v + 4 <= vectors {
+                    tile::<S, 2, 4>(simd, terms, &block, r, v, out);
+                    v += 4;
+                }
+                while v < vectors {
+                    tile::<S, 2, 1>(simd, terms, &block, r, v, out);
+                    v += 1;
+                }
+                r += 2;
+            }
+            if r < rows {
                 let mut v = 0;
                 while v + 4 <= vectors {
                     tile::<S, 1, 4>(simd, terms, &block, r, v, out);

@@ -9,6 +9,7 @@
 //! leaves), so the result does not depend on the thread count.
 
 use crate::exec::Exec;
+use crate::simd::prefetch;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -17,6 +18,8 @@ use std::ops::Range;
 const TILE_ROWS: usize = 16;
 /// Rows of one leaf of the pairwise tree.
 const LEAF_ROWS: usize = 256;
+/// Tiles of at most this many floats (half of a 32 KiB L1) prefetch the next tile.
+const PREFETCH_MAX_TILE: usize = 4096;
 /// Column ranges given to threads are multiples of this (whole vectors at every level).
 const COLUMN_ALIGN: usize = 16;
 
@@ -198,6 +201,15 @@ impl Tile<'_> {
         for r in self.rows.clone() {
             let start = r * self.matrix.row_len + self.first_col + first * lanes;
             let vectors = S::as_simd_f32s(&self.matrix.x[start..start + W * lanes]).0;
+            // The same columns one tile further down: the tile's strided rows defeat the
+            // hardware prefetchers once the map comes from memory rather than the cache. (Only
+            // while a tile fits in L1: wider tiles would evict the lines before their use.)
+            let ahead = start + TILE_ROWS * self.matrix.row_len;
+            if TILE_ROWS * self.matrix.row_len <= PREFETCH_MAX_TILE && ahead + W * lanes <= self.matrix.x.len() {
+                for line in self.matrix.x[ahead..ahead + W * lanes].chunks(16) {
+                    prefetch(&line[0]);
+                }
+            }
             let g = self.matrix.scale(simd, r);
             for k in 0..W {
                 let v = scaled::<S, SCALED>(simd, vectors[k], g);
