@@ -57,7 +57,8 @@ def test_compiled_block_matches_keras(name, data_format):
 
 @pytest.mark.parametrize("data_format", LAYOUTS)
 def test_cbam_on_a_resnet_sized_map_at_every_simd_level_and_thread_count(data_format):
-    x = random_input(data_format, n=1, h=56, w=56, c=64, seed=2)
+    # 2**20 elements: two threads split the work inside the image.
+    x = random_input(data_format, n=1, h=64, w=64, c=256, seed=2)
     layer = randomized(keras_attn.CBAM(reduction_ratio=16, data_format=data_format), x, seed=3)
     want = np.asarray(layer(x, training=False))
     run = cpu.compile(layer)

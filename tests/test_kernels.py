@@ -186,10 +186,13 @@ def test_contiguous_float32_is_read_in_place_and_other_floats_are_converted():
 
 
 def test_threads_give_the_same_results():
-    x = random_map(np.random.default_rng(5), 2, 56, 56, 64, "channels_last")
+    # 2**20 elements and more: two threads split the images, or the one image.
+    rng = np.random.default_rng(5)
+    maps = [random_map(rng, 2, 56, 56, 256, "channels_last"), random_map(rng, 1, 64, 64, 256, "channels_last")]
     for call in (kernels.channel_pool, kernels.spatial_pool):
-        for got, want in zip(np.atleast_1d(call(x, threads=2)), np.atleast_1d(call(x, threads=1))):
-            np.testing.assert_array_equal(got, want)
+        for image in maps:
+            for got, want in zip(np.atleast_1d(call(image, threads=2)), np.atleast_1d(call(image, threads=1))):
+                np.testing.assert_array_equal(got, want)
 
 
 def test_eight_python_threads_at_once():

@@ -166,6 +166,7 @@ fn gate<S: Simd>(simd: S, combine: Combine, x: S::f32s, row: S::f32s, col: S::f3
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::Level;
     use crate::test_util::{assert_close, at, data, execs, odd_shapes};
 
     fn index(d: Dims, n: usize, p: usize, c: usize) -> usize {
@@ -209,6 +210,22 @@ mod tests {
                     assert_close(&out, &want, 1e-6, 1e-6, &format!("gates {} {d:?}", exec.level.name()));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn one_large_image_splits_across_threads_with_the_same_result() {
+        for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
+            let d = Dims { n: 1, h: 64, w: 64, c: 256, layout };
+            let (x, ch, sp) = (data(d.len(), 1), data(d.c, 2), data(d.pixels(), 3));
+            let (one, two) = (Exec::new(Level::best(), Some(1)), Exec::new(Level::best(), Some(2)));
+            let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            apply_gates(one, &x, d, Some(&ch), Some(&sp), &mut a);
+            apply_gates(two, &x, d, Some(&ch), Some(&sp), &mut b);
+            assert_eq!(a, b);
+            apply_bam(one, &x, d, &ch, &sp, Fusion::Sum, &mut a);
+            apply_bam(two, &x, d, &ch, &sp, Fusion::Sum, &mut b);
+            assert_eq!(a, b);
         }
     }
 

@@ -1,16 +1,18 @@
 //! How a kernel call runs: which SIMD level and on how many threads.
 //!
 //! Work is split with rayon only above [`MIN_PARALLEL_ELEMS`], where the cost of waking a
-//! thread (a few microseconds) is small against the work. Each thread count gets one rayon pool,
-//! built on first use and kept for the life of the process.
+//! thread is small against the work and one core no longer has the bandwidth to itself. Each
+//! thread count gets one rayon pool, built on first use and kept for the life of the process.
 
 use crate::simd::Level;
 use rayon::ThreadPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Below this many input elements a kernel runs on the calling thread.
-pub const MIN_PARALLEL_ELEMS: usize = 1 << 16;
+/// Below this many input elements (4 MiB of floats) a kernel runs on the calling thread: on the
+/// 2-core benchmark machine, maps that fit in the L3 cache are read as fast by one core as by
+/// two, and waking a second thread only adds its latency (see docs/benchmarks.md).
+pub const MIN_PARALLEL_ELEMS: usize = 1 << 20;
 
 /// The SIMD level and thread count of a kernel call.
 #[derive(Clone, Copy, Debug)]

@@ -150,3 +150,18 @@ fn scaled_spatial_pooling_matches_pooling_the_product() {
         }
     }
 }
+
+#[test]
+fn one_large_image_splits_across_threads_with_the_same_result() {
+    for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
+        // 2^20 elements: enough for two threads to split the image itself.
+        let d = Dims { n: 1, h: 64, w: 64, c: 256, layout };
+        let x = data(d.len(), 21);
+        for level in Level::available() {
+            let (one, two) = (Exec::new(level, Some(1)), Exec::new(level, Some(2)));
+            assert!(two.splits(d.len()));
+            assert_eq!(run_channel(one, &x, d), run_channel(two, &x, d));
+            assert_eq!(run_spatial(one, &x, d), run_spatial(two, &x, d));
+        }
+    }
+}
