@@ -1,5 +1,6 @@
 """`to_tflite`: a LiteRT (TFLite) flatbuffer with builtin ops only, float or quantized."""
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -143,6 +144,7 @@ def to_tflite(
     io_dtype="float32",
     batch_size=1,
     input_signature=None,
+    fused_attention=False,
 ):
     """Converts `model` to a LiteRT (TFLite) model that uses builtin ops only.
 
@@ -173,6 +175,11 @@ def to_tflite(
         batch_size: the fixed batch dimension, or `None` for a dynamic one.
         input_signature: list of `tf.TensorSpec`, one per input, overriding `batch_size` and
             the model's input shapes.
+        fused_attention: if True (float32 only), every channels_last CBAM, ChannelAttention,
+            SpatialAttention, SqueezeExcite and BAM becomes one LiteRT custom op
+            (`KerasAttnCBAM`, `KerasAttnSE`, `KerasAttnBAM`) run by keras-attn's Rust kernels
+            through `keras_attn.edge.Runtime` (see `keras_attn.export.fused`); the file's
+            buffers are 64-byte aligned as LiteRT requires. False (default): builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
@@ -209,17 +216,38 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
+    if fused_attention and quantization is not None:
+        raise ValueError(
+            f"`fused_attention=True` supports float32 models only (quantization=None); got "
+            f"quantization={quantization!r}."
+        )
     path = check_target(path)
     signature = input_signature or _input_signature(model, batch_size)
     options = _converter_options(quantization, representative_data, io_dtype, signature)
+    allowed_custom = ()
+    swap = contextlib.nullcontext()
+    if fused_attention:
+        from keras_attn.export import fused
+
+        options["allow_custom_ops"] = True
+        allowed_custom = fused.OP_NAMES
+        swap = fused.fused_layers(model)
 
     from tensorflow.lite.python.convert_phase import ConverterError
 
     with atomic_output(path, suffix="" if path.endswith(".tflite") else ".tflite") as tmp:
         try:
-            model.export(tmp, format="litert", input_signature=signature, verbose=False, **options)
+            with swap:
+                model.export(
+                    tmp, format="litert", input_signature=signature, verbose=False, **options
+                )
         except ConverterError as err:
             raise _conversion_failure(err, quantization) from err
+        if fused_attention:
+            with open(tmp, "rb") as f:
+                aligned = fused.align_buffers(f.read())
+            with open(tmp, "wb") as f:
+                f.write(aligned)
         if quantization == "int8":
             with open(tmp, "rb") as f:
                 fixed, repaired = widen_empty_ranges(f.read())
@@ -227,7 +255,7 @@ def to_tflite(
                 with open(tmp, "wb") as f:
                     f.write(fixed)
         graph = read_tflite(tmp)
-        if graph.custom_ops():
+        if set(graph.custom_ops()) - set(allowed_custom):
             raise ValueError(
                 f"`model` converted with non-builtin ops {graph.custom_ops()}; only TFLite "
                 "builtins are allowed."

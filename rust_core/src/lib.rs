@@ -6,6 +6,7 @@ pub mod bandwidth;
 pub mod blocks;
 pub mod exec;
 pub mod layout;
+pub mod litert;
 pub mod pool;
 pub mod simd;
 

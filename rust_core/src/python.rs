@@ -385,6 +385,44 @@ impl Block {
     }
 }
 
+/// A `.tflite` model in LiteRT's CompiledModel API with the fused kernels registered. Built by
+/// `keras_attn.edge.Runtime`.
+#[pyclass(module = "keras_attn._rust")]
+struct LiteRtRuntime {
+    inner: std::sync::Mutex<crate::litert::runtime::Runtime>,
+}
+
+#[pymethods]
+impl LiteRtRuntime {
+    #[new]
+    #[pyo3(signature = (library, model_path, threads=None))]
+    fn new(py: Python<'_>, library: &str, model_path: &str, threads: Option<usize>) -> PyResult<Self> {
+        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model_path, threads)).map_err(value_error)?;
+        Ok(LiteRtRuntime { inner: std::sync::Mutex::new(runtime) })
+    }
+
+    #[getter]
+    fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_shapes().to_vec()
+    }
+
+    #[getter]
+    fn output_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_shapes().to_vec()
+    }
+
+    /// Runs the model on C-contiguous float32 arrays; returns float32 arrays.
+    fn run<'py>(&self, py: Python<'py>, inputs: Vec<PyReadonlyArrayDyn<'py, f32>>) -> PyResult<Vec<Out<'py>>> {
+        let slices = inputs.iter().enumerate().map(|(i, a)| contiguous(a, &format!("inputs[{i}]"))).collect::<PyResult<Vec<_>>>()?;
+        let (results, shapes) = py.detach(|| {
+            let mut runtime = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            (runtime.run(&slices), runtime.output_shapes().to_vec())
+        });
+        let results = results.map_err(value_error)?;
+        results.into_iter().zip(shapes).map(|(data, shape)| shaped(py, data, &shape)).collect()
+    }
+}
+
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
@@ -397,6 +435,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
     m.add_class::<Block>()?;
+    m.add_class::<LiteRtRuntime>()?;
     m.add("__version__", crate::VERSION)?;
     Ok(())
 }

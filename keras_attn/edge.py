@@ -1,0 +1,99 @@
+"""Running `.tflite` models in LiteRT with keras-attn's fused attention kernels.
+
+`Runtime(path)` compiles a model with LiteRT's CompiledModel API on the CPU (XNNPACK runs the
+builtin ops) and registers the Rust kernels of the custom ops that
+`keras_attn.export.to_tflite(..., fused_attention=True)` emits (`KerasAttnCBAM`,
+`KerasAttnSE`, `KerasAttnBAM`). LiteRT's C library is the one in the `ai-edge-litert` package.
+
+Example:
+
+>>> keras_attn.export.to_tflite(model, "cbam.tflite", fused_attention=True)  # doctest: +SKIP
+>>> run = keras_attn.edge.Runtime("cbam.tflite", threads=2)  # doctest: +SKIP
+>>> y = run(x)  # NumPy in, NumPy out  # doctest: +SKIP
+"""
+
+import os
+
+import numpy as np
+
+from keras_attn import _rust
+from keras_attn.export.flatbuffer import read_tflite
+from keras_attn.export.fused import OP_NAMES
+
+__all__ = ["Runtime", "litert_library"]
+
+
+def litert_library():
+    """The path of `libLiteRt.so` in the installed `ai-edge-litert` package."""
+    try:
+        import ai_edge_litert
+    except ImportError as err:
+        raise ImportError(
+            "keras_attn.edge needs LiteRT: pip install 'keras-attn[litert]' (ai-edge-litert)."
+        ) from err
+    path = os.path.join(os.path.dirname(ai_edge_litert.__file__), "libLiteRt.so")
+    if not os.path.isfile(path):
+        raise ImportError(f"the installed ai-edge-litert has no LiteRT C library at {path!r}.")
+    return path
+
+
+class Runtime:
+    """A `.tflite` model compiled by LiteRT for the CPU, with keras-attn's kernels registered.
+
+    Args:
+        path: the `.tflite` file (float32 inputs and outputs, fixed shapes).
+        threads: CPU threads for XNNPACK and for our kernels; None lets LiteRT choose for
+            XNNPACK and gives our kernels every core.
+
+    Call it with one float array per model input (or a single array): returns a float32 array
+    (a list for several outputs). The kernels check their attributes and inputs when the model
+    is compiled and at every run; a problem raises `ValueError` with their message.
+    """
+
+    def __init__(self, path, threads=None):
+        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+            raise ValueError(f"`path`: no .tflite file at {path!r}.")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ValueError(f"`threads` must be a positive int or None; got {threads!r}.")
+        self.path = os.fspath(path)
+        unknown = sorted(set(read_tflite(self.path).custom_ops()) - set(OP_NAMES))
+        if unknown:
+            raise ValueError(
+                f"`path`: the model needs custom ops {unknown} that keras-attn has no kernel for "
+                f"(it provides {list(OP_NAMES)})."
+            )
+        self.threads = threads
+        self._runtime = _rust.LiteRtRuntime(litert_library(), self.path, threads)
+
+    @property
+    def input_shapes(self):
+        """The fixed shape of every model input."""
+        return [tuple(s) for s in self._runtime.input_shapes]
+
+    @property
+    def output_shapes(self):
+        """The shape of every model output."""
+        return [tuple(s) for s in self._runtime.output_shapes]
+
+    def __call__(self, inputs):
+        arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        shapes = self.input_shapes
+        if len(arrays) != len(shapes):
+            raise ValueError(
+                f"`inputs` must hold {len(shapes)} array(s), one per model input; got {len(arrays)}."
+            )
+        converted = []
+        for i, (a, shape) in enumerate(zip(arrays, shapes)):
+            a = np.asarray(a)
+            if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"`inputs[{i}]` must be a real-valued array; got dtype {a.dtype}.")
+            if a.shape != shape:
+                raise ValueError(f"`inputs[{i}]` must have shape {shape}; got {a.shape}.")
+            converted.append(np.ascontiguousarray(a, dtype=np.float32))
+        outputs = self._runtime.run(converted)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def __repr__(self):
+        return f"Runtime({self.path!r}, threads={self.threads})"

@@ -1,0 +1,176 @@
+//! The custom-op callbacks LiteRT calls, and their registration on a `LiteRtOptions`.
+//!
+//! LiteRT ignores the status that `Init`, `GetOutputLayouts` and `Run` return. So every problem
+//! (malformed attributes, wrong input counts or shapes) is logged to stderr and recorded in the
+//! shared [`Kernels`] state, which the runtime checks after compiling and after each run; `Run`
+//! fills the output with NaN rather than leave it stale.
+
+use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, LOCK_READ, LOCK_WRITE, OK};
+use super::ops::{self, OpKind, Tensor, TensorData};
+use crate::exec::Exec;
+use crate::simd::Level;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+/// What every node of one op name shares: LiteRT gives all of them one `user_data`.
+pub struct OpState {
+    op: OpKind,
+    kernels: *const Kernels,
+}
+
+/// The kernels registered on one set of options, and the errors they met.
+pub struct Kernels {
+    threads: Option<usize>,
+    errors: Mutex<Vec<String>>,
+    states: Vec<OpState>,
+    names: Vec<CString>,
+}
+
+// SAFETY: `OpState::kernels` points to the `Kernels` that owns it (boxed, never moved); the only
+// mutable part is behind a Mutex.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+impl Kernels {
+    /// Registers every fused op on `options`; the returned box must outlive the compiled model.
+    pub fn register(api: &Api, options: Handle, threads: Option<usize>) -> Result<Box<Kernels>, String> {
+        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), states: Vec::new(), names: Vec::new() });
+        let this: *const Kernels = &*kernels;
+        kernels.states = OpKind::ALL.iter().map(|&op| OpState { op, kernels: this }).collect();
+        kernels.names = OpKind::ALL.iter().map(|op| CString::new(op.name()).expect("op names have no NUL")).collect();
+        for (state, name) in kernels.states.iter().zip(&kernels.names) {
+            let user_data = state as *const OpState as *mut c_void;
+            // SAFETY: `options` is a live LiteRtOptions; LiteRT copies the name and the kernel
+            // table; `user_data` lives as long as the returned box.
+            let status = unsafe { (api.LiteRtAddCustomOpKernelOption)(options, name.as_ptr(), 1, &KERNEL, user_data) };
+            if status != OK {
+                return Err(format!("LiteRtAddCustomOpKernelOption({:?}) failed with status {status}", name));
+            }
+        }
+        Ok(kernels)
+    }
+
+    /// The errors recorded so far, cleared.
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn record(&self, message: String) {
+        eprintln!("keras_attn LiteRT kernel: {message}");
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+    }
+}
+
+static KERNEL: CustomOpKernel = CustomOpKernel { init, get_output_layouts, run, destroy };
+
+/// # Safety
+/// `user_data` is an `OpState` given to `LiteRtAddCustomOpKernelOption`, still alive.
+unsafe fn state<'a>(user_data: *mut c_void) -> (&'a OpState, &'a Kernels) {
+    let state = &*(user_data as *const OpState);
+    (state, &*state.kernels)
+}
+
+unsafe extern "C" fn init(user_data: *mut c_void, data: *const c_void, size: usize) -> Status {
+    let (state, kernels) = state(user_data);
+    let options = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data as *const u8, size) };
+    if let Err(e) = state.op.attributes(options) {
+        kernels.record(e);
+    }
+    OK
+}
+
+unsafe extern "C" fn get_output_layouts(
+    user_data: *mut c_void,
+    num_inputs: usize,
+    inputs: *const Layout,
+    num_outputs: usize,
+    outputs: *mut Layout,
+) -> Status {
+    let (state, kernels) = state(user_data);
+    let name = state.op.name();
+    if num_outputs != 1 || num_inputs < 2 {
+        kernels.record(format!("{name}: expected the feature map, weights and config as inputs and one output, got {num_inputs} inputs and {num_outputs} outputs"));
+        return OK;
+    }
+    let inputs = std::slice::from_raw_parts(inputs, num_inputs);
+    let config = &inputs[num_inputs - 1];
+    let keys = state.op.keys().len();
+    if config.shape() != Some(vec![keys]) {
+        kernels.record(format!("{name}: the last input must be the config vector of {keys} values, got shape {:?}", config.shape()));
+    }
+    // Valid configs take one of these input counts; the exact one is checked in Run.
+    let possible: Vec<usize> = match state.op {
+        OpKind::Cbam => vec![4, 6, 8],
+        OpKind::SqueezeExcite => vec![6],
+        OpKind::Bam => (6..=num_inputs.max(6)).step_by(2).collect(),
+    };
+    if !possible.contains(&num_inputs) {
+        kernels.record(format!("{name}: expected {possible:?} inputs, got {num_inputs}"));
+    }
+    let out = &mut *outputs;
+    // Zeroed first: LiteRT reads more than the dimensions.
+    *out = Layout { rank_and_flags: 0, dimensions: [0; 8], strides: [0; 8] };
+    out.rank_and_flags = inputs[0].rank() as u32;
+    out.dimensions = inputs[0].dimensions;
+    OK
+}
+
+unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
+    let (state, kernels) = state(user_data);
+    let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
+    if num_outputs != 1 {
+        kernels.record(format!("{}: expected one output, got {num_outputs}", state.op.name()));
+        return OK;
+    }
+    let inputs = std::slice::from_raw_parts(inputs, num_inputs);
+    let output = *outputs;
+    let mut out_ptr: *mut c_void = std::ptr::null_mut();
+    let mut out_size = 0usize;
+    if (api.LiteRtLockTensorBuffer)(output, &mut out_ptr, LOCK_WRITE) != OK || (api.LiteRtGetTensorBufferSize)(output, &mut out_size) != OK {
+        kernels.record(format!("{}: cannot lock the output buffer", state.op.name()));
+        return OK;
+    }
+    let out = std::slice::from_raw_parts_mut(out_ptr as *mut f32, out_size / 4);
+    let mut locked = Vec::with_capacity(inputs.len());
+    let result = (|| {
+        let mut shapes = Vec::with_capacity(inputs.len());
+        let mut datas = Vec::with_capacity(inputs.len());
+        for (i, &buffer) in inputs.iter().enumerate() {
+            let mut tensor_type = api::RankedTensorType::zeroed();
+            let (mut ptr, mut size) = (std::ptr::null_mut(), 0usize);
+            if (api.LiteRtGetTensorBufferTensorType)(buffer, &mut tensor_type) != OK
+                || (api.LiteRtGetTensorBufferSize)(buffer, &mut size) != OK
+                || (api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_READ) != OK
+            {
+                return Err(format!("{}: input {i}: cannot read the tensor buffer", state.op.name()));
+            }
+            locked.push(buffer);
+            let shape = tensor_type.layout.shape().ok_or_else(|| format!("{}: input {i}: dynamic or invalid shape", state.op.name()))?;
+            let count = shape.iter().product::<usize>();
+            let data = match tensor_type.element_type {
+                ELEMENT_FLOAT32 if size >= 4 * count => TensorData::F32(std::slice::from_raw_parts(ptr as *const f32, count)),
+                ELEMENT_INT32 if size >= 4 * count => TensorData::I32(std::slice::from_raw_parts(ptr as *const i32, count)),
+                ELEMENT_FLOAT32 | ELEMENT_INT32 => return Err(format!("{}: input {i}: buffer of {size} bytes for shape {shape:?}", state.op.name())),
+                _ => TensorData::Other("a non-float32 type"),
+            };
+            shapes.push(shape);
+            datas.push(data);
+        }
+        let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
+        let exec = Exec::new(Level::active(), kernels.threads);
+        ops::run(state.op, exec, &tensors, out)
+    })();
+    for buffer in locked {
+        (api.LiteRtUnlockTensorBuffer)(buffer);
+    }
+    if let Err(e) = result {
+        out.fill(f32::NAN);
+        kernels.record(e);
+    }
+    (api.LiteRtUnlockTensorBuffer)(output);
+    OK
+}
+
+unsafe extern "C" fn destroy(_user_data: *mut c_void) -> Status {
+    OK
+}

@@ -1,0 +1,326 @@
+//! The fused custom ops, independent of LiteRT: their attributes, their inputs, and running
+//! them on slices with the blocks of [`crate::blocks`].
+//!
+//! Every op takes the feature map (NHWC float32) first, then its folded weights, then one int32
+//! "config" vector holding the op's attributes in the order of [`OpKind::keys`]. The attributes
+//! also travel as a flexbuffer map in the op's custom options, which LiteRT hands to `Init`
+//! only: `Run` gets no per-node state (one `user_data` serves every node of an op name), so it
+//! reads the same attributes from the config tensor.
+
+use crate::apply::Fusion;
+use crate::blocks::bam::Bam;
+use crate::blocks::cbam::{Cbam, ChannelGate};
+use crate::blocks::conv::{Conv2d, PoolConv};
+use crate::blocks::matmul::Dense;
+use crate::blocks::squeeze_excite::SqueezeExcite;
+use crate::exec::Exec;
+use crate::layout::{Dims, Layout};
+
+/// The attribute layout version this crate reads and the exporter writes.
+pub const VERSION: i64 = 1;
+
+/// One of the fused ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// CBAM, ChannelAttention or SpatialAttention.
+    Cbam,
+    SqueezeExcite,
+    Bam,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 3] = [OpKind::Cbam, OpKind::SqueezeExcite, OpKind::Bam];
+
+    /// The custom op name in the `.tflite` file.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Cbam => "KerasAttnCBAM",
+            OpKind::SqueezeExcite => "KerasAttnSE",
+            OpKind::Bam => "KerasAttnBAM",
+        }
+    }
+
+    /// The attribute names, in the order of the config tensor.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            OpKind::Cbam => &["version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size"],
+            OpKind::SqueezeExcite => &["version"],
+            OpKind::Bam => &["version", "dense_layers", "conv_layers", "dilation", "fusion_product"],
+        }
+    }
+
+    /// Checks attribute values (in `keys` order) and returns the op's input count.
+    pub fn validate(self, values: &[i64]) -> Result<usize, String> {
+        let name = self.name();
+        if values.len() != self.keys().len() {
+            return Err(format!("{name}: expected {} attributes {:?}, got {}", self.keys().len(), self.keys(), values.len()));
+        }
+        if values[0] != VERSION {
+            return Err(format!("{name}: attribute version {} is not supported (this build reads version {VERSION})", values[0]));
+        }
+        let flag = |i: usize| match values[i] {
+            0 | 1 => Ok(values[i] == 1),
+            v => Err(format!("{name}: attribute {} must be 0 or 1, got {v}", self.keys()[i])),
+        };
+        let range = |i: usize, lo: i64, hi: i64| match values[i] {
+            v if (lo..=hi).contains(&v) => Ok(v as usize),
+            v => Err(format!("{name}: attribute {} must be in {lo}..={hi}, got {v}", self.keys()[i])),
+        };
+        // The map, the weights, the config.
+        match self {
+            OpKind::Cbam => {
+                let (channel, spatial) = (flag(1)?, flag(2)?);
+                let (avg, max) = (flag(3)?, flag(4)?);
+                let size = range(5, 1, 255)?;
+                if !channel && !spatial {
+                    return Err(format!("{name}: expected channel_gate or spatial_gate (or both) to be 1"));
+                }
+                if channel && !(avg || max) {
+                    return Err(format!("{name}: the channel gate needs pool_avg or pool_max"));
+                }
+                if spatial && size.is_multiple_of(2) {
+                    return Err(format!("{name}: kernel_size must be odd, got {size}"));
+                }
+                Ok(2 + 4 * channel as usize + 2 * spatial as usize)
+            }
+            OpKind::SqueezeExcite => Ok(6),
+            OpKind::Bam => {
+                let dense = range(1, 1, 64)?;
+                let convs = range(2, 2, 64)?;
+                range(3, 1, 1 << 16)?;
+                flag(4)?;
+                Ok(2 + 2 * dense + 2 * convs)
+            }
+        }
+    }
+
+    /// The attributes from the op's flexbuffer custom options (a map of integers).
+    pub fn attributes(self, options: &[u8]) -> Result<Vec<i64>, String> {
+        let name = self.name();
+        let bad = |what: String| format!("{name}: malformed attributes ({what})");
+        let root = flexbuffers::Reader::get_root(options).map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
+        let map = root.get_map().map_err(|e| bad(format!("not a map: {e}")))?;
+        let values = self
+            .keys()
+            .iter()
+            .map(|key| {
+                let value = map.index(*key).map_err(|_| bad(format!("missing {key:?}")))?;
+                value.get_i64().map_err(|_| bad(format!("{key:?} is not an integer")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.validate(&values)?;
+        Ok(values)
+    }
+}
+
+/// A tensor handed to a kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Tensor<'a> {
+    pub shape: &'a [usize],
+    pub data: TensorData<'a>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+    /// Any other element type (named for messages).
+    Other(&'static str),
+}
+
+impl<'a> Tensor<'a> {
+    fn f32(&self, what: &str) -> Result<&'a [f32], String> {
+        match self.data {
+            TensorData::F32(d) if d.len() == self.shape.iter().product::<usize>() => Ok(d),
+            TensorData::F32(_) => Err(format!("{what}: buffer size does not match shape {:?}", self.shape)),
+            TensorData::I32(_) => Err(format!("{what}: expected float32, got int32")),
+            TensorData::Other(t) => Err(format!("{what}: expected float32, got {t}")),
+        }
+    }
+}
+
+/// A block built from an op's inputs.
+#[derive(Debug)]
+pub enum Block {
+    Cbam(Cbam),
+    SqueezeExcite(SqueezeExcite),
+    Bam(Bam),
+}
+
+impl Block {
+    pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        match self {
+            Block::Cbam(b) => b.forward(exec, x, dims, out),
+            Block::SqueezeExcite(b) => b.forward(exec, x, dims, out),
+            Block::Bam(b) => b.forward(exec, x, dims, out),
+        }
+    }
+}
+
+/// The config tensor's values (the last input), checked.
+pub fn config(op: OpKind, inputs: &[Tensor]) -> Result<Vec<i64>, String> {
+    let name = op.name();
+    let last = inputs.last().ok_or_else(|| format!("{name}: no inputs"))?;
+    let values: Vec<i64> = match last.data {
+        TensorData::I32(v) if last.shape.len() == 1 => v.iter().map(|&v| v.into()).collect(),
+        _ => return Err(format!("{name}: the last input must be the int32 config vector {:?}", op.keys())),
+    };
+    let count = op.validate(&values)?;
+    if inputs.len() != count {
+        return Err(format!("{name}: expected {count} inputs for attributes {values:?}, got {}", inputs.len()));
+    }
+    Ok(values)
+}
+
+/// The NHWC dims of the feature map (input 0).
+pub fn map_dims(op: OpKind, x: &Tensor) -> Result<Dims, String> {
+    match *x.shape {
+        [n, h, w, c] if n * h * w * c > 0 => Ok(Dims { n, h, w, c, layout: Layout::ChannelsLast }),
+        _ => Err(format!("{}: expected a non-empty 4-D NHWC feature map, got shape {:?}", op.name(), x.shape)),
+    }
+}
+
+fn dense(op: OpKind, kernel: &Tensor, bias: &Tensor, relu: bool) -> Result<Dense, String> {
+    let k = kernel.f32(&format!("{} dense kernel", op.name()))?;
+    let b = bias.f32(&format!("{} dense bias", op.name()))?;
+    match *kernel.shape {
+        [inputs, outputs] if bias.shape == [outputs] => Dense::new(k, b, inputs, relu),
+        _ => Err(format!("{}: expected a (in, out) dense kernel and an (out,) bias, got {:?} and {:?}", op.name(), kernel.shape, bias.shape)),
+    }
+}
+
+/// Builds the block of `op` from its weight inputs (`inputs[1..len - 1]`) and config.
+pub fn build(op: OpKind, inputs: &[Tensor], config: &[i64], channels: usize) -> Result<Block, String> {
+    let name = op.name();
+    let w = &inputs[1..inputs.len() - 1];
+    match op {
+        OpKind::Cbam => {
+            let (has_channel, has_spatial) = (config[1] == 1, config[2] == 1);
+            let mut rest = w;
+            let channel = if has_channel {
+                let gate = ChannelGate::new(dense(op, &rest[0], &rest[1], true)?, dense(op, &rest[2], &rest[3], false)?, config[3] == 1, config[4] == 1)?;
+                rest = &rest[4..];
+                Some(gate)
+            } else {
+                None
+            };
+            let spatial = if has_spatial {
+                let size = config[5] as usize;
+                let (kernel, bias) = (&rest[0], &rest[1]);
+                if kernel.shape != [size, size, 2, 1] || bias.shape != [1] {
+                    return Err(format!("{name}: expected a ({size}, {size}, 2, 1) conv kernel and a (1,) bias, got {:?} and {:?}", kernel.shape, bias.shape));
+                }
+                Some(PoolConv::new(kernel.f32("conv kernel")?, size, bias.f32("conv bias")?[0])?)
+            } else {
+                None
+            };
+            Ok(Block::Cbam(Cbam::new(channel, spatial, channels)?))
+        }
+        OpKind::SqueezeExcite => {
+            Ok(Block::SqueezeExcite(SqueezeExcite::new(dense(op, &w[0], &w[1], true)?, dense(op, &w[2], &w[3], false)?)?))
+        }
+        OpKind::Bam => {
+            let (dense_layers, conv_layers, dilation) = (config[1] as usize, config[2] as usize, config[3] as usize);
+            let fusion = if config[4] == 1 { Fusion::Product } else { Fusion::Sum };
+            let mlp = (0..dense_layers)
+                .map(|i| dense(op, &w[2 * i], &w[2 * i + 1], i + 1 < dense_layers))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut convs = Vec::with_capacity(conv_layers);
+            for i in 0..conv_layers {
+                let (kernel, bias) = (&w[2 * (dense_layers + i)], &w[2 * (dense_layers + i) + 1]);
+                let (last, first) = (i + 1 == conv_layers, i == 0);
+                let d = if first || last { 1 } else { dilation };
+                match *kernel.shape {
+                    [k, k2, inputs, outputs] if k == k2 && bias.shape == [outputs] => convs.push(Conv2d::new(
+                        kernel.f32("conv kernel")?,
+                        k,
+                        inputs,
+                        bias.f32("conv bias")?,
+                        d,
+                        !last,
+                    )?),
+                    _ => return Err(format!("{name}: expected square (K, K, in, out) conv kernels and (out,) biases, got {:?} and {:?}", kernel.shape, bias.shape)),
+                }
+            }
+            Ok(Block::Bam(Bam::new(mlp, convs, fusion)?))
+        }
+    }
+}
+
+/// Runs `op` on its inputs into `out` (the map's size).
+pub fn run(op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
+    let config = config(op, inputs)?;
+    let dims = map_dims(op, &inputs[0])?;
+    let x = inputs[0].f32("feature map")?;
+    if out.len() != x.len() {
+        return Err(format!("{}: the output holds {} values, the input {}", op.name(), out.len(), x.len()));
+    }
+    build(op, inputs, &config, dims.c)?.forward(exec, x, dims, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::data;
+
+    fn flex(pairs: &[(&str, i64)]) -> Vec<u8> {
+        let mut builder = flexbuffers::Builder::default();
+        let mut map = builder.start_map();
+        for (k, v) in pairs {
+            map.push(k, *v);
+        }
+        map.end_map();
+        builder.view().to_vec()
+    }
+
+    #[test]
+    fn attributes_are_read_and_checked() {
+        let good = [("version", 1), ("channel_gate", 1), ("spatial_gate", 1), ("pool_avg", 1), ("pool_max", 0), ("kernel_size", 7)];
+        assert_eq!(OpKind::Cbam.attributes(&flex(&good)).unwrap(), vec![1, 1, 1, 1, 0, 7]);
+        assert_eq!(OpKind::Cbam.validate(&[1, 1, 1, 1, 0, 7]).unwrap(), 8);
+        assert!(OpKind::Cbam.attributes(&flex(&good[1..])).unwrap_err().contains("missing \"version\""));
+        let mut future = good;
+        future[0].1 = 2;
+        assert!(OpKind::Cbam.attributes(&flex(&future)).unwrap_err().contains("version 2 is not supported"));
+        let mut even = good;
+        even[5].1 = 4;
+        assert!(OpKind::Cbam.attributes(&flex(&even)).unwrap_err().contains("must be odd"));
+        assert!(OpKind::Cbam.attributes(b"\x01\x02").unwrap_err().contains("malformed attributes"));
+        assert!(OpKind::Bam.attributes(&flex(&[("version", 1)])).unwrap_err().contains("missing \"dense_layers\""));
+    }
+
+    #[test]
+    fn squeeze_excite_op_matches_the_block() {
+        let (n, h, w, c, r) = (2, 3, 5, 6, 2);
+        let x = data(n * h * w * c, 1);
+        let (rk, rb, ek, eb) = (data(c * r, 2), data(r, 3), data(r * c, 4), data(c, 5));
+        let config = [1];
+        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
+        let f = |i: usize, d: &'static [f32]| Tensor { shape: shapes[i], data: TensorData::F32(d) };
+        let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
+        let inputs = [
+            f(0, leak(x.clone())),
+            f(1, leak(rk.clone())),
+            f(2, leak(rb.clone())),
+            f(3, leak(ek.clone())),
+            f(4, leak(eb.clone())),
+            Tensor { shape: shapes[5], data: TensorData::I32(&config) },
+        ];
+        let mut out = vec![0.0; x.len()];
+        run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap();
+        let block = SqueezeExcite::new(Dense::new(&rk, &rb, c, true).unwrap(), Dense::new(&ek, &eb, r, false).unwrap()).unwrap();
+        let mut want = vec![0.0; x.len()];
+        block.forward(Exec::single(), &x, Dims { n, h, w, c, layout: Layout::ChannelsLast }, &mut want);
+        assert_eq!(out, want);
+
+        // One input short: the config asks for six.
+        let err = run(OpKind::SqueezeExcite, Exec::single(), &inputs[1..], &mut out).unwrap_err();
+        assert!(err.contains("expected 6 inputs"), "{err}");
+        // A kernel that does not fit the map's channels.
+        let transposed = [r, c];
+        let mut wrong = inputs;
+        wrong[1].shape = &transposed;
+        assert!(run(OpKind::SqueezeExcite, Exec::single(), &wrong, &mut out).is_err());
+    }
+}

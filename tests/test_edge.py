@@ -1,0 +1,149 @@
+"""Fused attention custom ops in LiteRT (`to_tflite(..., fused_attention=True)` and
+`keras_attn.edge.Runtime`): fused vs builtin vs Keras, alignment, and rejected models."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("ai_edge_litert", reason="keras_attn.edge runs models in ai-edge-litert")
+
+import keras_attn  # noqa: E402
+from keras_attn import edge  # noqa: E402
+from keras_attn.export import LiteRTModel, read_tflite, to_tflite  # noqa: E402
+from keras_attn.export.flatbuffer import _schema, flatbuffer_utils  # noqa: E402
+from keras_attn.export.fused import align_buffers  # noqa: E402
+
+
+def _model(block, shape, batch):
+    inputs = keras.Input(shape, batch_size=batch)
+    h = keras.layers.Conv2D(shape[-1], 3, padding="same")(inputs)
+    model = keras.Model(inputs, block(h))
+    # Non-trivial BatchNormalization statistics, so that folding is exercised.
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape) * 0.1)
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, size=layer.moving_variance.shape))
+    return model
+
+
+CASES = {
+    "cbam_odd_batch2": (lambda: keras_attn.CBAM(reduction_ratio=2), (9, 11, 6), 2, "KerasAttnCBAM"),
+    "cbam_c1": (lambda: keras_attn.CBAM(reduction_ratio=1, kernel_size=3), (5, 7, 1), 1, "KerasAttnCBAM"),
+    "channel_max_only": (
+        lambda: keras_attn.ChannelAttention(reduction_ratio=4, pool_types=("max",)), (6, 5, 8), 1,
+        "KerasAttnCBAM",
+    ),
+    "spatial": (lambda: keras_attn.SpatialAttention(kernel_size=5), (7, 6, 3), 3, "KerasAttnCBAM"),
+    "se": (lambda: keras_attn.SqueezeExcite(reduction_ratio=4), (5, 9, 12), 2, "KerasAttnSE"),
+    "bam_product": (
+        lambda: keras_attn.BAM(reduction_ratio=4, fusion="product"), (10, 9, 16), 2, "KerasAttnBAM",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (keras model, input, fused path, builtin path), converted once."""
+    folder = tmp_path_factory.mktemp("edge")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            make, shape, batch, _ = CASES[name]
+            model = _model(make(), shape, batch)
+            x = np.random.default_rng(1).normal(size=(batch,) + shape).astype("float32")
+            fused, builtin = folder / f"{name}_fused.tflite", folder / f"{name}.tflite"
+            to_tflite(model, fused, fused_attention=True, batch_size=batch)
+            to_tflite(model, builtin, batch_size=batch)
+            cache[name] = (model, x, str(fused), str(builtin))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_matches_builtin_and_keras(exported, name):
+    model, x, fused, builtin = exported(name)
+    graph = read_tflite(fused)
+    assert graph.custom_ops() == [CASES[name][3]]
+    want = np.asarray(model(x, training=False))
+    got = edge.Runtime(fused, threads=1)(x)
+    builtin_out = LiteRTModel(builtin)(x)
+    np.testing.assert_allclose(got, builtin_out, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(edge.Runtime(fused, threads=2)(x), got, atol=1e-6, rtol=0)
+
+
+def test_buffers_are_64_byte_aligned(exported):
+    with open(exported("bam_product")[2], "rb") as f:
+        data = f.read()
+    root = _schema.Model.GetRootAs(data, 0)
+    offsets = [root.Buffers(i).Offset() for i in range(root.BuffersLength())]
+    stored = [o for o in offsets if o > 1]
+    assert stored and all(o % 64 == 0 for o in stored)
+    assert all(root.Buffers(i).DataLength() == 0 for i in range(root.BuffersLength()))
+
+
+def _rewrite(path, out, change):
+    """Applies `change(model, custom_op)` to the fused op of a model and writes it aligned."""
+    fbu = flatbuffer_utils()
+    with open(path, "rb") as f:
+        model = fbu.read_model_from_bytearray(bytearray(f.read()))
+    custom = [i for i, c in enumerate(model.operatorCodes) if c.customCode]
+    op = next(o for o in model.subgraphs[0].operators if o.opcodeIndex in custom)
+    change(model, op)
+    with open(out, "wb") as f:
+        f.write(align_buffers(bytes(fbu.convert_object_to_bytearray(model))))
+    return str(out)
+
+
+def test_malformed_attributes_are_rejected_at_compile(exported, tmp_path):
+    from flatbuffers import flexbuffers
+
+    fused = exported("se")[2]
+
+    def future_version(model, op):
+        op.customOptions = list(flexbuffers.Dumps({"version": 2}))
+
+    bad = _rewrite(fused, tmp_path / "v2.tflite", future_version)
+    with pytest.raises(ValueError, match="KerasAttnSE: attribute version 2 is not supported"):
+        edge.Runtime(bad)
+
+    def garbage(model, op):
+        op.customOptions = [1, 2, 3]
+
+    bad = _rewrite(fused, tmp_path / "garbage.tflite", garbage)
+    with pytest.raises(ValueError, match="KerasAttnSE: malformed attributes"):
+        edge.Runtime(bad)
+
+
+def test_wrong_input_count_is_rejected_at_compile(exported, tmp_path):
+    def drop_a_weight(model, op):
+        op.inputs = np.delete(np.asarray(op.inputs), 1)
+
+    bad = _rewrite(exported("cbam_odd_batch2")[2], tmp_path / "short.tflite", drop_a_weight)
+    with pytest.raises(ValueError, match=r"KerasAttnCBAM: expected \[4, 6, 8\] inputs, got 7"):
+        edge.Runtime(bad)
+
+
+def test_unknown_custom_op_and_bad_arguments(exported, tmp_path):
+    def rename(model, op):
+        model.operatorCodes[op.opcodeIndex].customCode = b"SomeoneElsesOp"
+
+    bad = _rewrite(exported("se")[2], tmp_path / "other.tflite", rename)
+    with pytest.raises(ValueError, match=r"custom ops \['SomeoneElsesOp'\] that keras-attn has no"):
+        edge.Runtime(bad)
+    with pytest.raises(ValueError, match="`path`: no .tflite file"):
+        edge.Runtime(tmp_path / "missing.tflite")
+    runtime = edge.Runtime(exported("se")[2])
+    with pytest.raises(ValueError, match=r"`inputs\[0\]` must have shape \(2, 5, 9, 12\)"):
+        runtime(np.zeros((1, 5, 9, 12), np.float32))
+    with pytest.raises(ValueError, match="`threads` must be a positive int or None"):
+        edge.Runtime(exported("se")[2], threads=0)
+
+
+def test_fused_attention_is_float32_only(exported, tmp_path):
+    model = exported("se")[0]
+    with pytest.raises(ValueError, match="`fused_attention=True` supports float32 models only"):
+        to_tflite(model, tmp_path / "m.tflite", "float16", fused_attention=True)
