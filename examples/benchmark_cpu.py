@@ -51,7 +51,13 @@ PEER_NAMES = {
 
 
 def median_time(fn, seconds, min_runs=5):
-    """Median and min wall time of `fn()` in seconds, after a warm-up."""
+    """Median and min wall time of `fn()` in seconds, after a warm-up.
+
+    It first sleeps a moment: the thread pools of OpenBLAS and TensorFlow keep spinning for a
+    while after their last call and would otherwise take a core (and bandwidth) from the next
+    peer timed.
+    """
+    time.sleep(0.3)
     for _ in range(3):
         fn()
     times, start = [], time.perf_counter()
@@ -207,7 +213,6 @@ def run_worker(args):
         shape = shape_nhwc if data_format == "channels_last" else (n, c, h, w)
         x = rng.standard_normal(shape).astype(np.float32)
         flat = x.reshape(-1)
-        probe = median_time(lambda: _rust.read_probe(flat, args.threads), seconds, 20)[0]
         for op in OPS:
             layer = make_layer(op, x, data_format)
             want = rust_peer(op, layer, data_format, args.threads)(x)
@@ -220,6 +225,8 @@ def run_worker(args):
             peers["tf_xla"] = lambda _, f=tf.function(fn, jit_compile=True): f(x_tf)
             peers["litert"] = litert_peer(Interpreter, op, layer, shape, data_format, args, x)
             peers["rust"] = rust_peer(op, layer, data_format, args.threads)
+            # The bandwidth probe runs in the same conditions as the peers, right before them.
+            probe = median_time(lambda: _rust.read_probe(flat, args.threads), seconds, 20)[0]
             for peer, call in peers.items():
                 record = dict(
                     op=op, shape=list(shape), data_format=data_format, threads=args.threads, peer=peer,
