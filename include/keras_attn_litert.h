@@ -1,0 +1,36 @@
+/* keras-attn's fused attention kernels (CBAM, SE, BAM) for LiteRT's CompiledModel C API.
+ *
+ * Register them on the LiteRtOptions used to compile a model exported with
+ * keras_attn.export.to_tflite(..., fused_attention=True); link libkeras_attn_core.so
+ * (`cargo build --release -p keras-attn-core`) and LiteRT's libLiteRt.so. */
+#ifndef KERAS_ATTN_LITERT_H_
+#define KERAS_ATTN_LITERT_H_
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Adds the KerasAttnCBAM, KerasAttnSE and KerasAttnBAM kernels to `options` (a LiteRtOptions),
+ * running on `threads` threads (0: every core). Returns a handle to release after the compiled
+ * model is destroyed, or NULL on failure (the reason goes to stderr). */
+void* keras_attn_litert_register(void* options, int threads);
+
+/* The problems the kernels met since the last call (malformed attributes, wrong inputs: LiteRT
+ * ignores custom-op status codes, so check this after compiling and after each run). Writes
+ * them, one per line, NUL-terminated, into `buffer` (may be NULL); returns their count. A run
+ * with errors filled the affected outputs with NaN. */
+int keras_attn_litert_take_errors(void* handle, char* buffer, size_t size);
+
+/* Releases a handle from keras_attn_litert_register (NULL is ignored). */
+void keras_attn_litert_release(void* handle);
+
+/* The library version, e.g. "0.1.0". */
+const char* keras_attn_litert_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KERAS_ATTN_LITERT_H_ */
