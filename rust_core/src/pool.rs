@@ -14,7 +14,7 @@
 
 mod columns;
 
-pub(crate) use columns::columns;
+use columns::{columns, FROM_MEMORY_ELEMS};
 use columns::scaled;
 
 use crate::exec::Exec;
@@ -76,7 +76,7 @@ pub fn spatial_pool(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
 /// Sum and max over the pixels of one image, per channel (`sum`, `max`: C values).
 pub(crate) fn image_channel_sum_max(exec: Exec, x: &[f32], dims: Dims, sum: &mut [f32], max: &mut [f32]) {
     match dims.layout {
-        Layout::ChannelsLast => columns(exec, x, dims.c, None, sum, max),
+        Layout::ChannelsLast => columns(exec, x, dims.c, None, dims.len() >= FROM_MEMORY_ELEMS, sum, max),
         Layout::ChannelsFirst => each_row(exec, x, dims.pixels(), None, sum, max),
     }
 }
@@ -93,7 +93,7 @@ pub(crate) fn image_spatial_sum_max(
 ) {
     match dims.layout {
         Layout::ChannelsLast => each_row(exec, x, dims.c, gate, sum, max),
-        Layout::ChannelsFirst => columns(exec, x, dims.pixels(), gate, sum, max),
+        Layout::ChannelsFirst => columns(exec, x, dims.pixels(), gate, dims.len() >= FROM_MEMORY_ELEMS, sum, max),
     }
 }
 

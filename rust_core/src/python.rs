@@ -246,6 +246,12 @@ impl LiteRtRuntime {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_shapes().to_vec()
     }
 
+    /// The fused blocks built once and kept between runs (one per fused node).
+    #[getter]
+    fn cached_blocks(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).cached_blocks()
+    }
+
     /// Runs the model on C-contiguous float32 arrays; returns float32 arrays.
     fn run<'py>(&self, py: Python<'py>, inputs: Vec<PyReadonlyArrayDyn<'py, f32>>) -> PyResult<Vec<Out<'py>>> {
         let slices = inputs.iter().enumerate().map(|(i, a)| contiguous(a, &format!("inputs[{i}]"))).collect::<PyResult<Vec<_>>>()?;

@@ -130,6 +130,15 @@ api! {
     LiteRtGetTensorBufferSize: fn(Handle, *mut usize) -> Status;
     LiteRtLockTensorBuffer: fn(Handle, *mut *mut c_void, c_int) -> Status;
     LiteRtUnlockTensorBuffer: fn(Handle) -> Status;
+    LiteRtGetNumModelSubgraphs: fn(Handle, *mut usize) -> Status;
+    LiteRtGetModelSubgraph: fn(Handle, usize, *mut Handle) -> Status;
+    LiteRtGetNumSubgraphOps: fn(Handle, *mut usize) -> Status;
+    LiteRtGetSubgraphOp: fn(Handle, usize, *mut Handle) -> Status;
+    LiteRtGetCustomCode: fn(Handle, *mut *const c_char) -> Status;
+    LiteRtGetNumOpInputs: fn(Handle, *mut usize) -> Status;
+    LiteRtGetOpInput: fn(Handle, usize, *mut Handle) -> Status;
+    LiteRtGetTensorWeights: fn(Handle, *mut Handle) -> Status;
+    LiteRtGetWeightsBytes: fn(Handle, *mut *const c_void, *mut usize) -> Status;
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();

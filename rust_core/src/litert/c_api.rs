@@ -3,18 +3,26 @@
 //! `libLiteRt.so`).
 
 use super::api;
-use super::kernel::Kernels;
+use super::kernel::{fused_weights_are_constant, Kernels};
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-/// Registers the fused kernels on `options`, running them on `threads` threads (0: every core).
-/// Returns a handle to release with `keras_attn_litert_release` after the compiled model is
-/// destroyed, or NULL on failure (the reason is printed to stderr).
+/// Registers the fused kernels on `options`, for compiling `model` (a `LiteRtModel`, or NULL),
+/// running them on `threads` threads (0: every core). With `model` given and the weights of its
+/// fused ops all constant, each node's block is built once and kept until the compiled model is
+/// destroyed; with NULL, every run rebuilds it. Returns a handle to release with
+/// `keras_attn_litert_release` after the compiled model is destroyed, or NULL on failure (the
+/// reason is printed to stderr).
 ///
 /// # Safety
-/// `options` must be a live `LiteRtOptions`.
+/// `options` must be a live `LiteRtOptions`, `model` a live `LiteRtModel` or NULL; the options
+/// then compile that model only.
 #[no_mangle]
-pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, threads: c_int) -> *mut c_void {
-    let result = api::api(None).and_then(|api| Kernels::register(api, options, usize::try_from(threads).ok().filter(|&t| t > 0)));
+pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, model: *mut c_void, threads: c_int) -> *mut c_void {
+    let threads = usize::try_from(threads).ok().filter(|&t| t > 0);
+    let result = api::api(None).and_then(|api| {
+        let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
+        Kernels::register(api, options, threads, cache_blocks)
+    });
     match result {
         Ok(kernels) => Box::into_raw(kernels) as *mut c_void,
         Err(e) => {

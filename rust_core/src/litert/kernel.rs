@@ -4,9 +4,12 @@
 //! (malformed attributes, wrong input counts or shapes) is logged to stderr and recorded in the
 //! shared [`Kernels`] state, which the runtime checks after compiling and after each run; `Run`
 //! fills the output with NaN rather than leave it stale.
+//!
+//! With constant weights, each node's block is built on its first run and kept in a
+//! [`BlockCache`] until LiteRT destroys the nodes (see [`Kernels::register`]).
 
 use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, LOCK_READ, LOCK_WRITE, OK};
-use super::ops::{self, OpKind, Tensor, TensorData};
+use super::ops::{self, BlockCache, OpKind, Tensor, TensorData};
 use crate::exec::Exec;
 use crate::simd::Level;
 use std::ffi::{c_void, CString};
@@ -22,6 +25,8 @@ pub struct OpState {
 pub struct Kernels {
     threads: Option<usize>,
     errors: Mutex<Vec<String>>,
+    /// None: every run builds its block from the weights.
+    blocks: Option<BlockCache>,
     states: Vec<OpState>,
     names: Vec<CString>,
 }
@@ -33,8 +38,12 @@ unsafe impl Sync for Kernels {}
 
 impl Kernels {
     /// Registers every fused op on `options`; the returned box must outlive the compiled model.
-    pub fn register(api: &Api, options: Handle, threads: Option<usize>) -> Result<Box<Kernels>, String> {
-        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), states: Vec::new(), names: Vec::new() });
+    /// `cache_blocks`: keep each node's block between runs, found by its weights' addresses;
+    /// only for a model whose fused ops all take constant weights, which stay in place for the
+    /// life of the compiled model.
+    pub fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
+        let blocks = cache_blocks.then(BlockCache::default);
+        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), blocks, states: Vec::new(), names: Vec::new() });
         let this: *const Kernels = &*kernels;
         kernels.states = OpKind::ALL.iter().map(|&op| OpState { op, kernels: this }).collect();
         kernels.names = OpKind::ALL.iter().map(|op| CString::new(op.name()).expect("op names have no NUL")).collect();
@@ -50,6 +59,11 @@ impl Kernels {
         Ok(kernels)
     }
 
+    /// The number of blocks cached (0 without a cache).
+    pub fn cached_blocks(&self) -> usize {
+        self.blocks.as_ref().map_or(0, BlockCache::len)
+    }
+
     /// The errors recorded so far, cleared.
     pub fn take_errors(&self) -> Vec<String> {
         std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
@@ -59,6 +73,54 @@ impl Kernels {
         eprintln!("keras_attn LiteRT kernel: {message}");
         self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(message);
     }
+}
+
+/// Whether every weight input of every fused op in `model` (a `LiteRtModel`) is a constant
+/// tensor, so that [`BlockCache`] may key blocks by the weights' addresses. False when the
+/// model cannot be read.
+///
+/// # Safety
+/// `model` is a live `LiteRtModel`.
+pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
+    let names: Vec<&str> = OpKind::ALL.iter().map(|op| op.name()).collect();
+    let constant = |tensor: Handle| {
+        let (mut weights, mut bytes, mut size) = (std::ptr::null_mut(), std::ptr::null(), 0usize);
+        (api.LiteRtGetTensorWeights)(tensor, &mut weights) == OK && (api.LiteRtGetWeightsBytes)(weights, &mut bytes, &mut size) == OK && size > 0
+    };
+    let mut subgraphs = 0usize;
+    if (api.LiteRtGetNumModelSubgraphs)(model, &mut subgraphs) != OK {
+        return false;
+    }
+    for s in 0..subgraphs {
+        let (mut subgraph, mut op_count) = (std::ptr::null_mut(), 0usize);
+        if (api.LiteRtGetModelSubgraph)(model, s, &mut subgraph) != OK || (api.LiteRtGetNumSubgraphOps)(subgraph, &mut op_count) != OK {
+            return false;
+        }
+        for o in 0..op_count {
+            let (mut op, mut code, mut inputs) = (std::ptr::null_mut(), std::ptr::null(), 0usize);
+            if (api.LiteRtGetSubgraphOp)(subgraph, o, &mut op) != OK {
+                return false;
+            }
+            // Fails for builtin ops, which have no custom code.
+            if (api.LiteRtGetCustomCode)(op, &mut code) != OK || code.is_null() {
+                continue;
+            }
+            if !names.iter().any(|name| std::ffi::CStr::from_ptr(code).to_bytes() == name.as_bytes()) {
+                continue;
+            }
+            if (api.LiteRtGetNumOpInputs)(op, &mut inputs) != OK {
+                return false;
+            }
+            // Input 0 is the feature map; the rest are the weights and the config.
+            for i in 1..inputs {
+                let mut tensor = std::ptr::null_mut();
+                if (api.LiteRtGetOpInput)(op, i, &mut tensor) != OK || !constant(tensor) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 static KERNEL: CustomOpKernel = CustomOpKernel { init, get_output_layouts, run, destroy };
@@ -115,7 +177,13 @@ unsafe extern "C" fn get_output_layouts(
     OK
 }
 
+pub static PROF_CB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static PROF_FWD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static PROF_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+struct Prof(std::time::Instant);
+impl Drop for Prof { fn drop(&mut self) { PROF_CB.fetch_add(self.0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed); PROF_N.fetch_add(1, std::sync::atomic::Ordering::Relaxed); } }
 unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
+    let _t = Prof(std::time::Instant::now());
     let (state, kernels) = state(user_data);
     let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
     if num_outputs != 1 {
@@ -158,7 +226,13 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         }
         let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
         let exec = Exec::new(Level::active(), kernels.threads);
-        ops::run(state.op, exec, &tensors, out)
+        let t = std::time::Instant::now();
+        let r = match &kernels.blocks {
+            Some(cache) => cache.run(state.op, exec, &tensors, out),
+            None => ops::run(state.op, exec, &tensors, out),
+        };
+        PROF_FWD.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        r
     })();
     for buffer in locked {
         (api.LiteRtUnlockTensorBuffer)(buffer);
@@ -171,6 +245,10 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
     OK
 }
 
-unsafe extern "C" fn destroy(_user_data: *mut c_void) -> Status {
+unsafe extern "C" fn destroy(user_data: *mut c_void) -> Status {
+    // LiteRT destroys the nodes with the interpreter, before the model's weights may go.
+    if let Some(cache) = &state(user_data).1.blocks {
+        cache.clear();
+    }
     OK
 }

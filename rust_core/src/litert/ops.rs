@@ -15,6 +15,8 @@ use crate::blocks::matmul::Dense;
 use crate::blocks::squeeze_excite::SqueezeExcite;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// The attribute layout version this crate reads and the exporter writes.
 pub const VERSION: i64 = 1;
@@ -247,16 +249,103 @@ pub fn build(op: OpKind, inputs: &[Tensor], config: &[i64], channels: usize) -> 
     }
 }
 
-/// Runs `op` on its inputs into `out` (the map's size).
-pub fn run(op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
+/// The checked config, the map's dims and the map of `op`'s inputs, for an output of `out_len`
+/// values.
+fn prepare<'a>(op: OpKind, inputs: &[Tensor<'a>], out_len: usize) -> Result<(Vec<i64>, Dims, &'a [f32]), String> {
     let config = config(op, inputs)?;
     let dims = map_dims(op, &inputs[0])?;
     let x = inputs[0].f32("feature map")?;
-    if out.len() != x.len() {
-        return Err(format!("{}: the output holds {} values, the input {}", op.name(), out.len(), x.len()));
+    if out_len != x.len() {
+        return Err(format!("{}: the output holds {out_len} values, the input {}", op.name(), x.len()));
     }
-    build(op, inputs, &config, dims.c)?.forward(exec, x, dims, out);
+    Ok((config, dims, x))
+}
+
+/// `exec` for a map of `elems` values: on the calling thread unless the map is large enough to
+/// be split, since `Exec::run` would otherwise hand the whole call to a pool thread for nothing.
+fn exec_for(exec: Exec, elems: usize) -> Exec {
+    if exec.splits(elems) {
+        exec
+    } else {
+        exec.serial()
+    }
+}
+
+/// Runs `op` on its inputs into `out` (the map's size), building its block from the weights.
+pub fn run(op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
+    let (config, dims, x) = prepare(op, inputs, out.len())?;
+    build(op, inputs, &config, dims.c)?.forward(exec_for(exec, x.len()), x, dims, out);
     Ok(())
+}
+
+/// What a cached block was built from: the op, its config, the map's channels and, for every
+/// weight input, where its data lies, how many values it holds and its shape.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BlockKey {
+    op: OpKind,
+    config: Vec<i64>,
+    channels: usize,
+    weights: Vec<(usize, usize, Vec<usize>)>,
+}
+
+impl BlockKey {
+    /// None when a weight is not float32 (building it fails, so there is nothing to cache).
+    fn new(op: OpKind, config: &[i64], channels: usize, weights: &[Tensor]) -> Option<BlockKey> {
+        let weights = weights
+            .iter()
+            .map(|w| match w.data {
+                TensorData::F32(d) => Some((d.as_ptr() as usize, d.len(), w.shape.to_vec())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(BlockKey { op, config: config.to_vec(), channels, weights })
+    }
+}
+
+/// Blocks built once per node and reused on every run, so that a run does not re-pack the
+/// weights (about 10 MB per CBAM-ResNet-50 inference). LiteRT gives a custom op no per-node
+/// state, so a node's block is found by its weights' addresses, sizes and shapes and its config.
+///
+/// Only for weights that stay unchanged at their addresses while the cache holds them: the
+/// constant tensors of a loaded model (see `litert::kernel::fused_weights_are_constant`), with
+/// the cache cleared when the model's nodes are destroyed.
+#[derive(Debug, Default)]
+pub struct BlockCache {
+    blocks: RwLock<HashMap<BlockKey, Arc<Block>>>,
+}
+
+impl BlockCache {
+    /// Like [`run`], with the block built on the first run of each node only.
+    pub fn run(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
+        let (config, dims, x) = prepare(op, inputs, out.len())?;
+        let Some(key) = BlockKey::new(op, &config, dims.c, &inputs[1..inputs.len() - 1]) else {
+            return run(op, exec, inputs, out);
+        };
+        let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let block = match cached {
+            Some(block) => block,
+            None => {
+                let block = Arc::new(build(op, inputs, &config, dims.c)?);
+                self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
+            }
+        };
+        block.forward(exec_for(exec, x.len()), x, dims, out);
+        Ok(())
+    }
+
+    /// The number of blocks held.
+    pub fn len(&self) -> usize {
+        self.blocks.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every block (their weights may be about to go).
+    pub fn clear(&self) {
+        self.blocks.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 #[cfg(test)]
@@ -322,5 +411,46 @@ mod tests {
         let mut wrong = inputs;
         wrong[1].shape = &transposed;
         assert!(run(OpKind::SqueezeExcite, Exec::single(), &wrong, &mut out).is_err());
+    }
+
+    #[test]
+    fn block_cache_keeps_one_block_per_node_and_matches_building_each_run() {
+        let (n, h, w, c, r) = (1, 4, 3, 8, 2);
+        let x = data(n * h * w * c, 1);
+        let config = [1];
+        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
+        // Two nodes of the same op with the same shapes and different weights.
+        let weights: Vec<Vec<Vec<f32>>> = (0..2)
+            .map(|node| (0..4).map(|i| data(shapes[i + 1].iter().product(), 10 * node + i as u64 + 2)).collect())
+            .collect();
+        let inputs = |node: usize| -> Vec<Tensor> {
+            let mut v = vec![Tensor { shape: shapes[0], data: TensorData::F32(&x) }];
+            v.extend(weights[node].iter().enumerate().map(|(i, d)| Tensor { shape: shapes[i + 1], data: TensorData::F32(d) }));
+            v.push(Tensor { shape: shapes[5], data: TensorData::I32(&config) });
+            v
+        };
+        let want: Vec<Vec<f32>> = (0..2)
+            .map(|node| {
+                let mut out = vec![0.0; x.len()];
+                run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
+                out
+            })
+            .collect();
+        assert_ne!(want[0], want[1]);
+        let cache = BlockCache::default();
+        for _ in 0..3 {
+            for node in [0, 1] {
+                let mut out = vec![f32::NAN; x.len()];
+                cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
+                assert_eq!(out, want[node], "node {node}");
+            }
+        }
+        assert_eq!(cache.len(), 2);
+        // A bad call is an error and caches nothing.
+        let mut short = vec![0.0; x.len() - 1];
+        assert!(cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(0), &mut short).unwrap_err().contains("output holds"));
+        assert_eq!(cache.len(), 2);
+        cache.clear();
+        assert!(cache.is_empty());
     }
 }

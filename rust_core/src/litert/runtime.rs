@@ -2,7 +2,7 @@
 //! kernels registered: float32 inputs in, float32 outputs out.
 
 use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
-use super::kernel::Kernels;
+use super::kernel::{fused_weights_are_constant, Kernels};
 use std::ffi::{c_void, CString};
 
 pub struct Runtime {
@@ -73,7 +73,8 @@ impl Runtime {
                 check(status, "CreateOpaqueOptions")?;
                 check((api.LiteRtAddOpaqueOptions)(rt.options, opaque), "AddOpaqueOptions")?;
             }
-            let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads)?);
+            let cache_blocks = fused_weights_are_constant(api, rt.model) && std::env::var_os("NOCACHE").is_none();
+            let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads, cache_blocks)?);
             let status = (api.LiteRtCreateCompiledModel)(rt.env, rt.model, rt.options, &mut rt.compiled);
             let errors = kernels.take_errors();
             if !errors.is_empty() {
@@ -131,6 +132,12 @@ impl Runtime {
         &self.output_shapes
     }
 
+    /// The fused blocks built and kept between runs: one per fused node once the model has run,
+    /// 0 when its weights are not all constant.
+    pub fn cached_blocks(&self) -> usize {
+        self.kernels.as_ref().map_or(0, |k| k.cached_blocks())
+    }
+
     /// Runs the model on `inputs` (one slice per input, each exactly its shape's size).
     pub fn run(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
         let api = self.api;
@@ -168,6 +175,8 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!("PROF calls {} callback {:.3} ms compute {:.3} ms", super::kernel::PROF_N.swap(0, Relaxed), super::kernel::PROF_CB.swap(0, Relaxed) as f64 / 1e6, super::kernel::PROF_FWD.swap(0, Relaxed) as f64 / 1e6);
         let api = self.api;
         // SAFETY: each handle is either null (never created) or owned by `self` and released
         // once, dependents first.

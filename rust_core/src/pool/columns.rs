@@ -18,15 +18,31 @@ use std::ops::Range;
 const TILE_ROWS: usize = 16;
 /// Rows of one leaf of the pairwise tree.
 const LEAF_ROWS: usize = 256;
-/// Tiles of at most this many floats (half of a 32 KiB L1) prefetch the next tile.
+/// Maps of at least this many floats (16 MiB, half the L3 cache of the benchmark machine) are
+/// taken to come from memory. Prefetching costs about 10% on a map in the cache and saves about
+/// 40% on one in memory (8x56x56x256 channel pooling).
+pub(crate) const FROM_MEMORY_ELEMS: usize = 1 << 22;
+/// Only tiles of at most this many floats (half of a 32 KiB L1) prefetch the next tile: wider
+/// ones would evict the lines before their use.
 const PREFETCH_MAX_TILE: usize = 4096;
 /// Column ranges given to threads are multiples of this (whole vectors at every level).
 const COLUMN_ALIGN: usize = 16;
 
 /// Per-column sum and max of the rows of `x` (`row_len` long, row `r` multiplied by
-/// `row_scale[r]` when given) into `sum` and `max` (`row_len` each).
-pub(crate) fn columns(exec: Exec, x: &[f32], row_len: usize, row_scale: Option<&[f32]>, sum: &mut [f32], max: &mut [f32]) {
-    let matrix = Matrix { x, row_len, row_scale };
+/// `row_scale[r]` when given) into `sum` and `max` (`row_len` each). `from_memory`: whether `x`
+/// is part of a map too large for the cache (see [`FROM_MEMORY_ELEMS`]), which turns on
+/// software prefetching.
+pub(crate) fn columns(
+    exec: Exec,
+    x: &[f32],
+    row_len: usize,
+    row_scale: Option<&[f32]>,
+    from_memory: bool,
+    sum: &mut [f32],
+    max: &mut [f32],
+) {
+    let prefetch = from_memory && TILE_ROWS * row_len <= PREFETCH_MAX_TILE;
+    let matrix = Matrix { x, row_len, row_scale, prefetch };
     let split_columns = exec.splits(x.len()) && row_len >= 2 * COLUMN_ALIGN;
     if split_columns {
         let width = row_len.div_ceil(exec.threads).next_multiple_of(COLUMN_ALIGN);
@@ -46,6 +62,7 @@ struct Matrix<'a> {
     x: &'a [f32],
     row_len: usize,
     row_scale: Option<&'a [f32]>,
+    prefetch: bool,
 }
 
 impl Matrix<'_> {
@@ -106,17 +123,28 @@ impl WithSimd for Leaf<'_> {
         // Eight vectors of sums and eight of maxima need 16 of AVX-512's 32 registers; with 16
         // registers (AVX2) four of each.
         match (self.matrix.row_scale.is_some(), S::REGISTER_COUNT >= 32) {
-            (true, true) => self.run::<S, true, 8>(simd),
-            (true, false) => self.run::<S, true, 4>(simd),
-            (false, true) => self.run::<S, false, 8>(simd),
-            (false, false) => self.run::<S, false, 4>(simd),
+            (true, true) => self.prefetching::<S, true, 8>(simd),
+            (true, false) => self.prefetching::<S, true, 4>(simd),
+            (false, true) => self.prefetching::<S, false, 8>(simd),
+            (false, false) => self.prefetching::<S, false, 4>(simd),
         }
     }
 }
 
 impl Leaf<'_> {
+    /// Prefetching is a separate instantiation: even switched off at run time, its code in the
+    /// inner loop costs about 10% on a map in the cache.
     #[inline(always)]
-    fn run<S: Simd, const SCALED: bool, const W: usize>(self, simd: S) {
+    fn prefetching<S: Simd, const SCALED: bool, const W: usize>(self, simd: S) {
+        if self.matrix.prefetch {
+            self.run::<S, SCALED, W, true>(simd)
+        } else {
+            self.run::<S, SCALED, W, false>(simd)
+        }
+    }
+
+    #[inline(always)]
+    fn run<S: Simd, const SCALED: bool, const W: usize, const PREFETCH: bool>(self, simd: S) {
         let Self { matrix, rows, cols, sum, max } = self;
         sum.fill(0.0);
         max.fill(f32::NEG_INFINITY);
@@ -129,20 +157,20 @@ impl Leaf<'_> {
             tile.partial_add::<S, SCALED>(simd, tail_col, sum_tail, max_tail);
             let mut v = 0;
             while v + W <= vectors {
-                tile.add_into::<S, SCALED, W>(simd, v, sum_head, max_head);
+                tile.add_into::<S, SCALED, W, PREFETCH>(simd, v, sum_head, max_head);
                 v += W;
             }
             // The rest in halving widths, keeping several independent chains each.
             if W > 4 && v + 4 <= vectors {
-                tile.add_into::<S, SCALED, 4>(simd, v, sum_head, max_head);
+                tile.add_into::<S, SCALED, 4, PREFETCH>(simd, v, sum_head, max_head);
                 v += 4;
             }
             if v + 2 <= vectors {
-                tile.add_into::<S, SCALED, 2>(simd, v, sum_head, max_head);
+                tile.add_into::<S, SCALED, 2, PREFETCH>(simd, v, sum_head, max_head);
                 v += 2;
             }
             if v < vectors {
-                tile.add_into::<S, SCALED, 1>(simd, v, sum_head, max_head);
+                tile.add_into::<S, SCALED, 1, PREFETCH>(simd, v, sum_head, max_head);
             }
         }
     }
@@ -183,8 +211,14 @@ impl Tile<'_> {
 
     /// Adds the tile's sums and maxima of vectors `first..first + W` into `sum` and `max`.
     #[inline(always)]
-    fn add_into<S: Simd, const SCALED: bool, const W: usize>(&self, simd: S, first: usize, sum: &mut [S::f32s], max: &mut [S::f32s]) {
-        let (s, m) = self.reduce::<S, SCALED, W>(simd, first);
+    fn add_into<S: Simd, const SCALED: bool, const W: usize, const PREFETCH: bool>(
+        &self,
+        simd: S,
+        first: usize,
+        sum: &mut [S::f32s],
+        max: &mut [S::f32s],
+    ) {
+        let (s, m) = self.reduce::<S, SCALED, W, PREFETCH>(simd, first);
         for k in 0..W {
             sum[first + k] = simd.add_f32s(sum[first + k], s[k]);
             max[first + k] = simd.max_f32s(max[first + k], m[k]);
@@ -194,7 +228,11 @@ impl Tile<'_> {
     /// Sums and maxima down the tile's rows of the `W` vectors from vector `first` of the
     /// column range.
     #[inline(always)]
-    fn reduce<S: Simd, const SCALED: bool, const W: usize>(&self, simd: S, first: usize) -> ([S::f32s; W], [S::f32s; W]) {
+    fn reduce<S: Simd, const SCALED: bool, const W: usize, const PREFETCH: bool>(
+        &self,
+        simd: S,
+        first: usize,
+    ) -> ([S::f32s; W], [S::f32s; W]) {
         let mut sums = [simd.splat_f32s(0.0); W];
         let mut maxes = [simd.splat_f32s(f32::NEG_INFINITY); W];
         let lanes = S::F32_LANES;
@@ -202,10 +240,9 @@ impl Tile<'_> {
             let start = r * self.matrix.row_len + self.first_col + first * lanes;
             let vectors = S::as_simd_f32s(&self.matrix.x[start..start + W * lanes]).0;
             // The same columns one tile further down: the tile's strided rows defeat the
-            // hardware prefetchers once the map comes from memory rather than the cache. (Only
-            // while a tile fits in L1: wider tiles would evict the lines before their use.)
+            // hardware prefetchers once the map comes from memory rather than the cache.
             let ahead = start + TILE_ROWS * self.matrix.row_len;
-            if TILE_ROWS * self.matrix.row_len <= PREFETCH_MAX_TILE && ahead + W * lanes <= self.matrix.x.len() {
+            if PREFETCH && ahead + W * lanes <= self.matrix.x.len() {
                 for line in self.matrix.x[ahead..ahead + W * lanes].chunks(16) {
                     prefetch(&line[0]);
                 }
