@@ -12,10 +12,14 @@
 extern "C" {
 #endif
 
-/* Adds the KerasAttnCBAM, KerasAttnSE and KerasAttnBAM kernels to `options` (a LiteRtOptions),
- * running on `threads` threads (0: every core). Returns a handle to release after the compiled
- * model is destroyed, or NULL on failure (the reason goes to stderr). */
-void* keras_attn_litert_register(void* options, int threads);
+/* Adds the KerasAttnCBAM, KerasAttnSE and KerasAttnBAM kernels to `options` (a LiteRtOptions)
+ * that will compile `model` (a LiteRtModel; these options compile no other), running on
+ * `threads` threads (0: every core). When the fused ops' weights in `model` are constants (as
+ * keras_attn.export writes them), each node's block is built on its first run and kept until the
+ * compiled model is destroyed; with `model` NULL every run rebuilds it from the weights. Returns
+ * a handle to release after the compiled model is destroyed, or NULL on failure (the reason goes
+ * to stderr). */
+void* keras_attn_litert_register(void* options, void* model, int threads);
 
 /* The problems the kernels met since the last call (malformed attributes, wrong inputs: LiteRT
  * ignores custom-op status codes, so check this after compiling and after each run). Writes

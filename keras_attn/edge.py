@@ -77,6 +77,13 @@ class Runtime:
         """The shape of every model output."""
         return [tuple(s) for s in self._runtime.output_shapes]
 
+    @property
+    def cached_blocks(self):
+        """How many fused blocks are kept built between runs: one per fused node once the model
+        has run, whose weights are then not re-read and re-packed (0 when some fused op takes
+        weights that are not constants of the model, and so is rebuilt every run)."""
+        return self._runtime.cached_blocks
+
     def __call__(self, inputs):
         arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         shapes = self.input_shapes

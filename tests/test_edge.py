@@ -147,3 +147,52 @@ def test_fused_attention_is_float32_only(exported, tmp_path):
     model = exported("se")[0]
     with pytest.raises(ValueError, match="`fused_attention=True` supports float32 models only"):
         to_tflite(model, tmp_path / "m.tflite", "float16", fused_attention=True)
+
+
+def test_each_node_keeps_its_own_block(tmp_path):
+    """Three CBAMs of the same shapes with different weights in one model (two reading the same
+    map): each node's block is built once, and every run matches the builtin path and Keras."""
+    inputs = keras.Input((6, 7, 8), batch_size=1)
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    a = keras_attn.CBAM(reduction_ratio=2)(h)
+    b = keras_attn.CBAM(reduction_ratio=2)(h)
+    out = keras_attn.CBAM(reduction_ratio=2)(keras.layers.Add()([a, b]))
+    model = keras.Model(inputs, out)
+    fused, builtin = tmp_path / "three_fused.tflite", tmp_path / "three.tflite"
+    to_tflite(model, fused, fused_attention=True)
+    to_tflite(model, builtin)
+    assert read_tflite(fused).op_counts()["KerasAttnCBAM"] == 3
+    runtime, reference = edge.Runtime(fused, threads=1), LiteRTModel(builtin)
+    for seed in range(3):
+        x = np.random.default_rng(seed).normal(size=(1, 6, 7, 8)).astype("float32")
+        got = runtime(x)
+        np.testing.assert_allclose(got, reference(x), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got, np.asarray(model(x, training=False)), atol=1e-5, rtol=0)
+    assert runtime.cached_blocks == 3
+
+
+def test_weights_that_are_not_constants_are_read_every_run(exported, tmp_path):
+    """A fused op whose weight is a model input (not a constant) gets no cached block: a new
+    weight in the same input buffer changes the result."""
+    _, x, fused, _ = exported("se")
+    with open(fused, "rb") as f:
+        model = flatbuffer_utils().read_model_from_bytearray(bytearray(f.read()))
+    graph = model.subgraphs[0]
+    se = next(o for o in graph.operators if model.operatorCodes[o.opcodeIndex].customCode)
+    tensor = graph.tensors[int(se.inputs[1])]
+    kernel = np.frombuffer(bytes(model.buffers[tensor.buffer].data), "float32").reshape(tensor.shape)
+
+    def weight_as_input(model, op):
+        graph = model.subgraphs[0]
+        graph.inputs = [*graph.inputs, int(op.inputs[1])]
+        graph.tensors[int(op.inputs[1])].buffer = 0
+        entry = _schema.TensorMapT()
+        entry.name, entry.tensorIndex = b"se_kernel", int(op.inputs[1])
+        model.signatureDefs[0].inputs.append(entry)
+
+    runtime = edge.Runtime(_rewrite(fused, tmp_path / "input_weight.tflite", weight_as_input))
+    want = edge.Runtime(fused)(x)
+    np.testing.assert_allclose(runtime([x, kernel]), want, atol=1e-6, rtol=0)
+    assert runtime.cached_blocks == 0
+    assert np.abs(runtime([x, 2 * kernel]) - want).max() > 1e-3
+    np.testing.assert_allclose(runtime([x, kernel]), want, atol=1e-6, rtol=0)

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   CHECK(LiteRtCreateModelFromFile(env, argv[1], &model));
   CHECK(LiteRtCreateOptions(&options));
   CHECK(LiteRtSetOptionsHardwareAccelerators(options, 1 /* CPU */));
-  void* kernels = keras_attn_litert_register(options, argc > 2 ? atoi(argv[2]) : 0);
+  void* kernels = keras_attn_litert_register(options, model, argc > 2 ? atoi(argv[2]) : 0);
   if (!kernels) return 1;
   CHECK(LiteRtCreateCompiledModel(env, model, options, &compiled));
   CHECK(LiteRtGetModelSignature(model, 0, &signature));

@@ -177,13 +177,7 @@ unsafe extern "C" fn get_output_layouts(
     OK
 }
 
-pub static PROF_CB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static PROF_FWD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static PROF_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-struct Prof(std::time::Instant);
-impl Drop for Prof { fn drop(&mut self) { PROF_CB.fetch_add(self.0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed); PROF_N.fetch_add(1, std::sync::atomic::Ordering::Relaxed); } }
 unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
-    let _t = Prof(std::time::Instant::now());
     let (state, kernels) = state(user_data);
     let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
     if num_outputs != 1 {
@@ -226,13 +220,10 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         }
         let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
         let exec = Exec::new(Level::active(), kernels.threads);
-        let t = std::time::Instant::now();
-        let r = match &kernels.blocks {
+        match &kernels.blocks {
             Some(cache) => cache.run(state.op, exec, &tensors, out),
             None => ops::run(state.op, exec, &tensors, out),
-        };
-        PROF_FWD.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        r
+        }
     })();
     for buffer in locked {
         (api.LiteRtUnlockTensorBuffer)(buffer);

@@ -73,7 +73,7 @@ impl Runtime {
                 check(status, "CreateOpaqueOptions")?;
                 check((api.LiteRtAddOpaqueOptions)(rt.options, opaque), "AddOpaqueOptions")?;
             }
-            let cache_blocks = fused_weights_are_constant(api, rt.model) && std::env::var_os("NOCACHE").is_none();
+            let cache_blocks = fused_weights_are_constant(api, rt.model);
             let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads, cache_blocks)?);
             let status = (api.LiteRtCreateCompiledModel)(rt.env, rt.model, rt.options, &mut rt.compiled);
             let errors = kernels.take_errors();
@@ -175,8 +175,6 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        eprintln!("PROF calls {} callback {:.3} ms compute {:.3} ms", super::kernel::PROF_N.swap(0, Relaxed), super::kernel::PROF_CB.swap(0, Relaxed) as f64 / 1e6, super::kernel::PROF_FWD.swap(0, Relaxed) as f64 / 1e6);
         let api = self.api;
         // SAFETY: each handle is either null (never created) or owned by `self` and released
         // once, dependents first.
