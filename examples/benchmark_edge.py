@@ -1,10 +1,17 @@
 """LiteRT CompiledModel (XNNPACK) inference time of plain, CBAM and BAM ResNets, float32, with
-the attention blocks as builtin ops and as keras-attn's fused custom ops, side by side.
+the attention blocks as builtin ops and as keras-attn's fused custom ops, side by side; and what
+the custom ops cost beyond their own work (the XNNPACK partition boundaries around them).
 
     python examples/benchmark_edge.py [--depth 50] [--size 224] [--runs 20] [--out bench_edge]
 
-Prints a markdown table of median milliseconds per image (batch 1) at 1 and 2 threads, and the
-attention overhead over the plain ResNet.
+Prints markdown tables of median milliseconds per image (batch 1) at 1 and 2 threads, with the
+attention overhead over the plain ResNet. The models are timed in interleaved rounds (one run of
+each per round), so that load from other processes falls on all of them alike.
+
+The boundary table (1 thread) times every fused block shape of the model alone — a model that is
+only that custom op, less a model of the same shape that only applies ReLU (input and output
+copies) — and compares the sum over the network's blocks with what the fused ops add to the
+plain ResNet inside the full model.
 """
 
 import argparse
@@ -14,14 +21,65 @@ import time
 import numpy as np
 
 
-def _median_ms(runtime, x, runs):
-    runtime(x)
-    times = []
+def _interleaved_ms(runtimes, inputs, runs):
+    """Median ms of each runtime, timed in rounds of one run each."""
+    for name, runtime in runtimes.items():
+        runtime(inputs[name])
+    times = {name: [] for name in runtimes}
     for _ in range(runs):
-        start = time.perf_counter()
-        runtime(x)
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+        for name, runtime in runtimes.items():
+            start = time.perf_counter()
+            runtime(inputs[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def xnnpack_partitions(path):
+    """How many XNNPACK partitions LiteRT makes of a model whose only non-XNNPACK ops are the
+    custom ops: TFLite's partitioning, which alternates between maximal dependency-closed sets
+    of delegated and of other nodes."""
+    from keras_attn.export import read_tflite
+
+    graph = read_tflite(path)
+    ready = set(graph.inputs) | set(graph.constant_tensors) | {-1}
+    remaining = [op for op in graph.ops if op.subgraph == 0]
+    delegated, partitions = not remaining[0].is_custom, 0
+    while remaining:
+        taken = True
+        subset = []
+        while taken:
+            taken = False
+            for op in list(remaining):
+                if op.is_custom != delegated and all(t in ready for t in op.inputs):
+                    remaining.remove(op)
+                    ready.update(op.outputs)
+                    subset.append(op)
+                    taken = True
+        partitions += bool(subset) and delegated
+        delegated = not delegated
+    return partitions
+
+
+def _alone_ms(layer, shape, folder, runs):
+    """ms of `layer` (a copy with its weights) as the only custom op of a model, less a ReLU."""
+    import keras
+
+    from keras_attn import edge
+    from keras_attn.export import to_tflite
+
+    inputs = keras.Input(shape[1:], batch_size=1)
+    copy = layer.__class__.from_config(layer.get_config())
+    alone = keras.Model(inputs, copy(inputs))
+    copy.set_weights(layer.get_weights())
+    relu = keras.Model(inputs, keras.layers.ReLU()(inputs))
+    paths = {}
+    for name, model in (("op", alone), ("relu", relu)):
+        paths[name] = os.path.join(folder, f"alone_{layer.name}_{name}.tflite")
+        to_tflite(model, paths[name], fused_attention=name == "op")
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    ms = _interleaved_ms({k: edge.Runtime(p, threads=1) for k, p in paths.items()},
+                         {"op": x, "relu": x}, runs)
+    return ms["op"] - ms["relu"]
 
 
 def main(argv=None):
@@ -32,36 +90,57 @@ def main(argv=None):
     parser.add_argument("--out", default="bench_edge")
     args = parser.parse_args(argv)
 
+    import keras_attn
     from keras_attn import edge
     from keras_attn.export import to_tflite
     from keras_attn.models import resnet
 
     os.makedirs(args.out, exist_ok=True)
-    paths = {}
+    paths, models = {}, {}
     for attention in (None, "cbam", "bam"):
         model = resnet(args.depth, attention=attention, input_shape=(args.size, args.size, 3),
                        classifier_activation=None)
         name = attention or "plain"
+        models[name] = model
         for fused in (False, True) if attention else (False,):
             path = os.path.join(args.out, f"{name}{'_fused' if fused else ''}.tflite")
             to_tflite(model, path, fused_attention=fused)
             paths[(name, fused)] = path
     x = np.random.default_rng(0).normal(size=(1, args.size, args.size, 3)).astype("float32")
     print(f"ResNet-{args.depth}, {args.size}x{args.size}, batch 1, float32, LiteRT CompiledModel "
-          f"+ XNNPACK, median of {args.runs} runs (ms; overhead over plain)\n")
-    print("| model | attention ops | 1 thread | 2 threads |\n|---|---|---|---|")
-    plain = {}
+          f"+ XNNPACK, median of {args.runs} interleaved runs (ms; overhead over plain)\n")
+    ms = {}
+    for threads in (1, 2):
+        runtimes = {key: edge.Runtime(path, threads=threads) for key, path in paths.items()}
+        for key, value in _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs).items():
+            ms[key, threads] = value
+    print("| model | attention ops | XNNPACK partitions | 1 thread | 2 threads |")
+    print("|---|---|---|---|---|")
     for (name, fused), path in paths.items():
         cells = []
         for threads in (1, 2):
-            ms = _median_ms(edge.Runtime(path, threads=threads), x, args.runs)
-            if name == "plain":
-                plain[threads] = ms
-                cells.append(f"{ms:.1f}")
-            else:
-                cells.append(f"{ms:.1f} ({100 * (ms / plain[threads] - 1):+.1f}%)")
+            value, plain = ms[(name, fused), threads], ms[("plain", False), threads]
+            cells.append(f"{value:.1f}" if name == "plain" else
+                         f"{value:.1f} ({100 * (value / plain - 1):+.1f}%)")
         kind = "-" if name == "plain" else ("fused (keras-attn)" if fused else "builtin")
-        print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {cells[0]} | {cells[1]} |")
+        print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {xnnpack_partitions(path)} | "
+              f"{cells[0]} | {cells[1]} |")
+
+    print("\nFused ops alone vs inside the model (1 thread, ms per image):\n")
+    print("| model | fused ops | their work alone (sum) | fused minus plain | "
+          "boundaries and in-model slowdown |\n|---|---|---|---|---|")
+    for name in ("cbam", "bam"):
+        layers = [layer for layer in models[name]._flatten_layers()
+                  if isinstance(layer, (keras_attn.CBAM, keras_attn.BAM))]
+        alone = {}
+        for layer in layers:
+            shape = (1,) + tuple(layer.input.shape[1:])
+            if shape not in alone:
+                alone[shape] = _alone_ms(layer, shape, args.out, args.runs * 5)
+        work = sum(alone[(1,) + tuple(layer.input.shape[1:])] for layer in layers)
+        added = ms[(name, True), 1] - ms[("plain", False), 1]
+        print(f"| {name.upper()} ResNet-{args.depth} | {len(layers)} | {work:.2f} | {added:.2f} | "
+              f"{added - work:.2f} |")
 
 
 if __name__ == "__main__":
