@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import sys
 
 
 def _parser():
@@ -25,11 +26,21 @@ def _parser():
         "--quick", action="store_true", help="smoke run: 400 digits at 16x16 (seconds, not minutes)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    bench = commands.add_parser(
+        "bench",
+        add_help=False,  # `main` hands everything after "bench" to the benchmark's own parser
+        help="CPU benchmark of the Rust core against NumPy, TensorFlow and LiteRT/XNNPACK",
+    )
     return parser
 
 
 def main(argv=None):
     """Entry point of the `keras-attn` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from keras_attn.bench import main as run_bench
+
+        return run_bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 12)

@@ -68,3 +68,13 @@ def test_python_m_entry_point_and_bad_epochs(tmp_path):
     assert done.returncode == 2
     assert "--epochs must be at least 1; got 0" in done.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_bench_subcommand_hands_its_options_to_the_benchmark(monkeypatch):
+    import keras_attn.bench
+    from keras_attn import cli
+
+    received = []
+    monkeypatch.setattr(keras_attn.bench, "main", lambda argv: received.append(argv) or 7)
+    assert cli.main(["bench", "--out", "b", "--quick"]) == 7
+    assert received == [["--out", "b", "--quick"]]
