@@ -5,13 +5,12 @@
 //! that small map and a 1x1 convolution to one channel; the last pass reads and writes the map
 //! once, computing the sigmoid on the fly.
 
-use super::cbam::mlp;
+use super::cbam::mean_pool_mlp;
 use super::conv::Conv2d;
 use super::matmul::{Dense, Strided};
 use crate::apply::{apply_bam, Fusion};
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
-use crate::pool::channel_pool;
 
 #[derive(Clone, Debug)]
 pub struct Bam {
@@ -54,12 +53,8 @@ impl Bam {
             return;
         }
         exec.run(|| {
-            let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
-            channel_pool(exec, x, dims, &mut mean, &mut max);
             let layers: Vec<&Dense> = self.channel_mlp.iter().collect();
-            let logits = mlp(exec.level, &layers, &mean, dims.n);
-            let width = layers[layers.len() - 1].weights.width();
-            let channel_logits: Vec<f32> = logits.chunks_exact(width).flat_map(|row| row[..dims.c].to_vec()).collect();
+            let channel_logits = mean_pool_mlp(exec, x, dims, &layers);
 
             let pixels = dims.pixels();
             let mut spatial_logits = vec![0.0; dims.n * pixels];

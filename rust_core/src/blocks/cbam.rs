@@ -71,6 +71,16 @@ pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -
     current
 }
 
+/// The per-channel logits of a squeeze-style gate (SE, BAM's channel branch): the mean over H
+/// and W of every channel through `layers`, `dims.n` x C without the layers' padding columns.
+pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
+    let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
+    channel_pool(exec, x, dims, &mut mean, &mut max);
+    let logits = mlp(exec.level, layers, &mean, dims.n);
+    let width = layers[layers.len() - 1].weights.width();
+    logits.chunks_exact(width).flat_map(|row| row[..dims.c].iter().copied()).collect()
+}
+
 /// CBAM (`channel` then `spatial`), or either gate alone (ChannelAttention, SpatialAttention).
 #[derive(Clone, Debug)]
 pub struct Cbam {

@@ -1,12 +1,11 @@
 //! Squeeze-and-excitation: `y = x * sigmoid(expand(relu(reduce(mean over H, W of x))))`, in one
 //! read to pool and one read and write to scale.
 
-use super::cbam::mlp;
+use super::cbam::mean_pool_mlp;
 use super::matmul::Dense;
 use crate::apply::apply_gates;
 use crate::exec::Exec;
 use crate::layout::Dims;
-use crate::pool::channel_pool;
 use crate::simd::sigmoid_in_place;
 
 #[derive(Clone, Debug)]
@@ -40,11 +39,7 @@ impl SqueezeExcite {
             return;
         }
         exec.run(|| {
-            let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
-            channel_pool(exec, x, dims, &mut mean, &mut max);
-            let logits = mlp(exec.level, &[&self.reduce, &self.expand], &mean, dims.n);
-            let width = self.expand.weights.width();
-            let mut gates: Vec<f32> = logits.chunks_exact(width).flat_map(|row| row[..dims.c].to_vec()).collect();
+            let mut gates = mean_pool_mlp(exec, x, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
             apply_gates(exec, x, dims, Some(&gates), None, out);
         });
