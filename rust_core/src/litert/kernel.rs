@@ -41,7 +41,10 @@ impl Kernels {
     /// `cache_blocks`: keep each node's block between runs, found by its weights' addresses;
     /// only for a model whose fused ops all take constant weights, which stay in place for the
     /// life of the compiled model.
-    pub fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
+    ///
+    /// # Safety
+    /// `options` must be a live `LiteRtOptions`.
+    pub unsafe fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
         let blocks = cache_blocks.then(BlockCache::default);
         let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), blocks, states: Vec::new(), names: Vec::new() });
         let this: *const Kernels = &*kernels;
