@@ -14,9 +14,9 @@ use crate::layout::{Dims, Layout};
 
 #[derive(Clone, Debug)]
 pub struct Bam {
-    channel_mlp: Vec<Dense>,
+    pub(super) channel_mlp: Vec<Dense>,
     spatial_convs: Vec<Conv2d>,
-    fusion: Fusion,
+    pub(super) fusion: Fusion,
 }
 
 impl Bam {
@@ -66,7 +66,7 @@ impl Bam {
     }
 
     /// The spatial branch for one image.
-    fn spatial_logits(&self, exec: Exec, x: &[f32], dims: Dims, logits: &mut [f32]) {
+    pub(super) fn spatial_logits(&self, exec: Exec, x: &[f32], dims: Dims, logits: &mut [f32]) {
         let (pixels, c) = (dims.pixels(), dims.c);
         let (row_stride, col_stride) = match dims.layout {
             Layout::ChannelsLast => (c, 1),

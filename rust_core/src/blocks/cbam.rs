@@ -76,7 +76,12 @@ pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -
 pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
     let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
     channel_pool(exec, x, dims, &mut mean, &mut max);
-    let logits = mlp(exec.level, layers, &mean, dims.n);
+    pooled_mlp(exec.level, &mean, dims, layers)
+}
+
+/// The rest of [`mean_pool_mlp`] from the channel means (`dims.n` x C).
+pub(crate) fn pooled_mlp(level: Level, mean: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
+    let logits = mlp(level, layers, mean, dims.n);
     let width = layers[layers.len() - 1].weights.width();
     logits.chunks_exact(width).flat_map(|row| row[..dims.c].iter().copied()).collect()
 }
@@ -84,8 +89,8 @@ pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]
 /// CBAM (`channel` then `spatial`), or either gate alone (ChannelAttention, SpatialAttention).
 #[derive(Clone, Debug)]
 pub struct Cbam {
-    channel: Option<ChannelGate>,
-    spatial: Option<PoolConv>,
+    pub(super) channel: Option<ChannelGate>,
+    pub(super) spatial: Option<PoolConv>,
     channels: usize,
 }
 

@@ -5,4 +5,5 @@ pub mod bam;
 pub mod cbam;
 pub mod conv;
 pub mod matmul;
+pub mod quantized;
 pub mod squeeze_excite;

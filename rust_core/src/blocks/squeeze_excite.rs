@@ -10,8 +10,8 @@ use crate::simd::sigmoid_in_place;
 
 #[derive(Clone, Debug)]
 pub struct SqueezeExcite {
-    reduce: Dense,
-    expand: Dense,
+    pub(super) reduce: Dense,
+    pub(super) expand: Dense,
 }
 
 impl SqueezeExcite {

@@ -1,0 +1,166 @@
+//! The blocks on int8 NHWC maps with per-tensor quantization: `y = block(s_in * (x - zp_in))`
+//! computed in float32, written as `clamp(round_half_to_even(y / s_out) + zp_out, -128, 127)`.
+//!
+//! [`forward_reference`] is exactly that, through a float copy of the whole map. The blocks'
+//! `forward_int8` read the int8 map directly: channel pooling from exact integer sums and int8
+//! maxima, the spatial pooling and the gate application a tile at a time through the float
+//! kernels on a dequantized copy of the tile, the output written as int8 from the tile. They
+//! match the reference exactly or within 1 LSB (see the tests for where and why).
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+use super::bam::Bam;
+use super::cbam::{pooled_mlp, Cbam};
+use super::squeeze_excite::SqueezeExcite;
+use crate::apply::{apply_bam, apply_gates};
+use crate::exec::Exec;
+use crate::layout::{Dims, Layout};
+use crate::simd::sigmoid_in_place;
+use kernels::{apply, channel_pool, dequantize_one, quantize_one, spatial_sum_max};
+
+/// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quantization {
+    pub input_scale: f32,
+    pub input_zero_point: i32,
+    pub output_scale: f32,
+    pub output_zero_point: i32,
+}
+
+impl Quantization {
+    /// From `[input_scale, input_zero_point, output_scale, output_zero_point]`, checked: scales
+    /// finite and positive, zero points integers in -128..=127.
+    pub fn from_values(values: [f64; 4]) -> Result<Quantization, String> {
+        let scale = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && (v as f32).is_finite() && v as f32 > 0.0 {
+                Ok(v as f32)
+            } else {
+                Err(format!("{name} must be a finite number > 0, got {v}"))
+            }
+        };
+        let zero_point = |name: &str, v: f64| {
+            if v.fract() == 0.0 && (-128.0..=127.0).contains(&v) {
+                Ok(v as i32)
+            } else {
+                Err(format!("{name} must be an integer in -128..=127, got {v}"))
+            }
+        };
+        Ok(Quantization {
+            input_scale: scale("input_scale", values[0])?,
+            input_zero_point: zero_point("input_zero_point", values[1])?,
+            output_scale: scale("output_scale", values[2])?,
+            output_zero_point: zero_point("output_zero_point", values[3])?,
+        })
+    }
+
+    fn input(self) -> (f32, i32) {
+        (self.input_scale, self.input_zero_point)
+    }
+
+    fn output(self) -> (f32, i32) {
+        (self.output_scale, self.output_zero_point)
+    }
+}
+
+/// The int8 semantics by definition: dequantize the whole map, run `forward` (a float block) on
+/// it, quantize its output. Plain scalar loops; the reference the fast paths are tested against.
+pub fn forward_reference(q: Quantization, x: &[i8], out: &mut [i8], forward: impl FnOnce(&[f32], &mut [f32])) {
+    assert_eq!(x.len(), out.len());
+    let xf: Vec<f32> = x.iter().map(|&v| dequantize_one(v, q.input_scale, q.input_zero_point)).collect();
+    let mut y = vec![0.0; x.len()];
+    forward(&xf, &mut y);
+    for (o, y) in out.iter_mut().zip(y) {
+        *o = quantize_one(y, q.output_scale, q.output_zero_point);
+    }
+}
+
+fn check(x: &[i8], dims: Dims, channels: usize, out: &[i8]) {
+    assert!(dims.layout == Layout::ChannelsLast, "int8 blocks take NHWC maps");
+    assert!(dims.c == channels && x.len() == dims.len() && out.len() == x.len());
+}
+
+impl Cbam {
+    /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation).
+    pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
+        check(x, dims, self.channels(), out);
+        if dims.is_empty() {
+            return;
+        }
+        let (scale, zero_point) = q.input();
+        exec.run(|| {
+            let gates = self.channel.as_ref().map(|gate| {
+                let (mean, max) = channel_pool(exec, x, dims, scale, zero_point);
+                gate.gates(exec.level, &mean, &max)
+            });
+            let spatial = self.spatial.as_ref().map(|conv| {
+                let mut sum = vec![0.0; dims.n * dims.pixels()];
+                let mut max = vec![0.0; sum.len()];
+                spatial_sum_max(exec, x, dims, scale, zero_point, gates.as_deref(), &mut sum, &mut max);
+                let mut maps = vec![0.0; sum.len()];
+                for ((mean, max), map) in sum.chunks_exact_mut(dims.pixels()).zip(max.chunks_exact(dims.pixels())).zip(maps.chunks_exact_mut(dims.pixels())) {
+                    mean.iter_mut().for_each(|m| *m /= dims.c as f32);
+                    conv.forward(exec.level, max, mean, dims.h, dims.w, map);
+                }
+                sigmoid_in_place(exec.level, &mut maps);
+                maps
+            });
+            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
+                let channel = gates.as_ref().map(|g| &g[tile.n * dims.c..][..dims.c]);
+                let spatial = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
+                apply_gates(exec.serial(), xf, tile.dims(dims.c), channel, spatial, yf);
+            });
+        });
+    }
+}
+
+impl SqueezeExcite {
+    /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation).
+    pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
+        check(x, dims, self.channels(), out);
+        if dims.is_empty() {
+            return;
+        }
+        exec.run(|| {
+            let (mean, _) = channel_pool(exec, x, dims, q.input_scale, q.input_zero_point);
+            let mut gates = pooled_mlp(exec.level, &mean, dims, &[&self.reduce, &self.expand]);
+            sigmoid_in_place(exec.level, &mut gates);
+            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
+                apply_gates(exec.serial(), xf, tile.dims(dims.c), Some(&gates[tile.n * dims.c..][..dims.c]), None, yf);
+            });
+        });
+    }
+}
+
+impl Bam {
+    /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation). The
+    /// spatial branch's convolutions read a dequantized copy of one image at a time.
+    pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
+        check(x, dims, self.channels(), out);
+        if dims.is_empty() {
+            return;
+        }
+        let (scale, zero_point) = q.input();
+        exec.run(|| {
+            let (mean, _) = channel_pool(exec, x, dims, scale, zero_point);
+            let layers: Vec<_> = self.channel_mlp.iter().collect();
+            let channel_logits = pooled_mlp(exec.level, &mean, dims, &layers);
+
+            let pixels = dims.pixels();
+            let mut spatial_logits = vec![0.0; dims.n * pixels];
+            let mut image = vec![0.0; dims.image_len()];
+            let image_dims = Dims { n: 1, ..dims };
+            for (x, logits) in x.chunks_exact(dims.image_len()).zip(spatial_logits.chunks_exact_mut(pixels)) {
+                kernels::dequantize(exec.level, x, scale, zero_point, &mut image);
+                self.spatial_logits(exec, &image, image_dims, logits);
+            }
+
+            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
+                let channel = &channel_logits[tile.n * dims.c..][..dims.c];
+                let spatial = &spatial_logits[tile.n * pixels + tile.first..][..tile.rows];
+                apply_bam(exec.serial(), xf, tile.dims(dims.c), channel, spatial, self.fusion, yf);
+            });
+        });
+    }
+}
