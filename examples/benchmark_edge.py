@@ -1,12 +1,16 @@
-"""LiteRT CompiledModel (XNNPACK) inference time of plain, CBAM and BAM ResNets, float32, with
-the attention blocks as builtin ops and as keras-attn's fused custom ops, side by side; and what
-the custom ops cost beyond their own work (the XNNPACK partition boundaries around them).
+"""LiteRT CompiledModel (XNNPACK) inference time of plain, CBAM and BAM ResNets, float32 and
+int8, with the attention blocks as builtin ops and as keras-attn's fused custom ops, side by
+side; and what the custom ops cost beyond their own work (the XNNPACK partition boundaries
+around them).
 
     python examples/benchmark_edge.py [--depth 50] [--size 224] [--runs 20] [--out bench_edge]
+                                      [--quantization float32 int8]
 
 Prints markdown tables of median milliseconds per image (batch 1) at 1 and 2 threads, with the
-attention overhead over the plain ResNet. The models are timed in interleaved rounds (one run of
-each per round), so that load from other processes falls on all of them alike.
+attention overhead over the plain ResNet of the same precision. The models of one precision are
+timed in interleaved rounds (one run of each per round), so that load from other processes falls
+on all of them alike. int8 models are calibrated on a few random images (timing does not depend
+on the ranges) and keep float32 inputs and outputs.
 
 The boundary table (1 thread) times every fused block shape of the model alone — a model that is
 only that custom op, less a model of the same shape that only applies ReLU (input and output
@@ -88,6 +92,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default="bench_edge")
+    parser.add_argument("--quantization", nargs="+", choices=("float32", "int8"),
+                        default=["float32", "int8"])
+    parser.add_argument("--calibration-images", type=int, default=4)
     args = parser.parse_args(argv)
 
     import keras_attn
@@ -96,35 +103,48 @@ def main(argv=None):
     from keras_attn.models import resnet
 
     os.makedirs(args.out, exist_ok=True)
-    paths, models = {}, {}
-    for attention in (None, "cbam", "bam"):
-        model = resnet(args.depth, attention=attention, input_shape=(args.size, args.size, 3),
-                       classifier_activation=None)
-        name = attention or "plain"
-        models[name] = model
-        for fused in (False, True) if attention else (False,):
-            path = os.path.join(args.out, f"{name}{'_fused' if fused else ''}.tflite")
-            to_tflite(model, path, fused_attention=fused)
-            paths[(name, fused)] = path
-    x = np.random.default_rng(0).normal(size=(1, args.size, args.size, 3)).astype("float32")
-    print(f"ResNet-{args.depth}, {args.size}x{args.size}, batch 1, float32, LiteRT CompiledModel "
-          f"+ XNNPACK, median of {args.runs} interleaved runs (ms; overhead over plain)\n")
+    models = {
+        attention or "plain": resnet(args.depth, attention=attention,
+                                     input_shape=(args.size, args.size, 3),
+                                     classifier_activation=None)
+        for attention in (None, "cbam", "bam")
+    }
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, args.size, args.size, 3)).astype("float32")
+    calibration = rng.normal(size=(args.calibration_images, args.size, args.size, 3))
     ms = {}
-    for threads in (1, 2):
-        runtimes = {key: edge.Runtime(path, threads=threads) for key, path in paths.items()}
-        for key, value in _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs).items():
-            ms[key, threads] = value
-    print("| model | attention ops | XNNPACK partitions | 1 thread | 2 threads |")
-    print("|---|---|---|---|---|")
-    for (name, fused), path in paths.items():
-        cells = []
+    for precision in args.quantization:
+        int8 = precision == "int8"
+        paths = {}
+        for name, model in models.items():
+            for fused in (False, True) if name != "plain" else (False,):
+                path = os.path.join(args.out, f"{name}{'_fused' if fused else ''}_{precision}.tflite")
+                to_tflite(model, path, "int8" if int8 else None,
+                          representative_data=calibration.astype("float32") if int8 else None,
+                          fused_attention=fused)
+                paths[(name, fused)] = path
+        print(f"\nResNet-{args.depth}, {args.size}x{args.size}, batch 1, {precision}, LiteRT "
+              f"CompiledModel + XNNPACK, median of {args.runs} interleaved runs (ms; overhead "
+              "over plain)\n")
         for threads in (1, 2):
-            value, plain = ms[(name, fused), threads], ms[("plain", False), threads]
-            cells.append(f"{value:.1f}" if name == "plain" else
-                         f"{value:.1f} ({100 * (value / plain - 1):+.1f}%)")
-        kind = "-" if name == "plain" else ("fused (keras-attn)" if fused else "builtin")
-        print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {xnnpack_partitions(path)} | "
-              f"{cells[0]} | {cells[1]} |")
+            runtimes = {key: edge.Runtime(path, threads=threads) for key, path in paths.items()}
+            timed = _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs)
+            for key, value in timed.items():
+                ms[precision, key, threads] = value
+        print("| model | attention ops | XNNPACK partitions | 1 thread | 2 threads |")
+        print("|---|---|---|---|---|")
+        for (name, fused), path in paths.items():
+            cells = []
+            for threads in (1, 2):
+                value = ms[precision, (name, fused), threads]
+                plain = ms[precision, ("plain", False), threads]
+                cells.append(f"{value:.1f}" if name == "plain" else
+                             f"{value:.1f} ({100 * (value / plain - 1):+.1f}%)")
+            kind = "-" if name == "plain" else ("fused (keras-attn)" if fused else "builtin")
+            print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {xnnpack_partitions(path)} | "
+                  f"{cells[0]} | {cells[1]} |")
+    if "float32" not in args.quantization:
+        return
 
     print("\nFused ops alone vs inside the model (1 thread, ms per image):\n")
     print("| model | fused ops | their work alone (sum) | fused minus plain | "
@@ -138,7 +158,7 @@ def main(argv=None):
             if shape not in alone:
                 alone[shape] = _alone_ms(layer, shape, args.out, args.runs * 5)
         work = sum(alone[(1,) + tuple(layer.input.shape[1:])] for layer in layers)
-        added = ms[(name, True), 1] - ms[("plain", False), 1]
+        added = ms["float32", (name, True), 1] - ms["float32", ("plain", False), 1]
         print(f"| {name.upper()} ResNet-{args.depth} | {len(layers)} | {work:.2f} | {added:.2f} | "
               f"{added - work:.2f} |")
 

@@ -143,9 +143,9 @@ def test_unknown_custom_op_and_bad_arguments(exported, tmp_path):
         edge.Runtime(exported("se")[2], threads=0)
 
 
-def test_fused_attention_is_float32_only(exported, tmp_path):
+def test_fused_attention_is_float32_or_int8_only(exported, tmp_path):
     model = exported("se")[0]
-    with pytest.raises(ValueError, match="`fused_attention=True` supports float32 models only"):
+    with pytest.raises(ValueError, match="`fused_attention=True` supports quantization=None"):
         to_tflite(model, tmp_path / "m.tflite", "float16", fused_attention=True)
 
 

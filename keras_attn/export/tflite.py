@@ -175,11 +175,14 @@ def to_tflite(
         batch_size: the fixed batch dimension, or `None` for a dynamic one.
         input_signature: list of `tf.TensorSpec`, one per input, overriding `batch_size` and
             the model's input shapes.
-        fused_attention: if True (float32 only), every channels_last CBAM, ChannelAttention,
-            SpatialAttention, SqueezeExcite and BAM becomes one LiteRT custom op
-            (`KerasAttnCBAM`, `KerasAttnSE`, `KerasAttnBAM`) run by keras-attn's Rust kernels
+        fused_attention: if True (quantization None or "int8"), every channels_last CBAM,
+            ChannelAttention, SpatialAttention, SqueezeExcite and BAM becomes one LiteRT custom
+            op (`KerasAttnCBAM`, `KerasAttnSE`, `KerasAttnBAM`) run by keras-attn's Rust kernels
             through `keras_attn.edge.Runtime` (see `keras_attn.export.fused`); the file's
-            buffers are 64-byte aligned as LiteRT requires. False (default): builtins only.
+            buffers are 64-byte aligned as LiteRT requires. With "int8" the model is
+            calibrated through those kernels and the ops take and give int8 maps (see
+            `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. False (default):
+            builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
@@ -216,14 +219,18 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
-    if fused_attention and quantization is not None:
+    if fused_attention and quantization not in (None, "int8"):
         raise ValueError(
-            f"`fused_attention=True` supports float32 models only (quantization=None); got "
+            f"`fused_attention=True` supports quantization=None (float32) and 'int8'; got "
             f"quantization={quantization!r}."
         )
     path = check_target(path)
     signature = input_signature or _input_signature(model, batch_size)
-    options = _converter_options(quantization, representative_data, io_dtype, signature)
+    # A fused int8 model is quantized after conversion, by keras_attn.export.fused_int8.
+    fused_int8 = fused_attention and quantization == "int8"
+    options = _converter_options(
+        None if fused_int8 else quantization, representative_data, io_dtype, signature
+    )
     allowed_custom = ()
     swap = contextlib.nullcontext()
     if fused_attention:
@@ -243,17 +250,21 @@ def to_tflite(
                 )
         except ConverterError as err:
             raise _conversion_failure(err, quantization) from err
-        if fused_attention:
-            with open(tmp, "rb") as f:
-                aligned = fused.align_buffers(f.read())
-            with open(tmp, "wb") as f:
-                f.write(aligned)
+        with open(tmp, "rb") as f:
+            data = f.read()
+        if fused_int8:
+            from keras_attn.export import fused_int8 as int8
+
+            batches = _calibration_batches(representative_data, signature)
+            data = int8.quantize(int8.calibrate(data, batches()), io_dtype)
         if quantization == "int8":
-            with open(tmp, "rb") as f:
-                fixed, repaired = widen_empty_ranges(f.read())
-            if repaired:
-                with open(tmp, "wb") as f:
-                    f.write(fixed)
+            data, _ = widen_empty_ranges(data)
+        if fused_int8:
+            data, _ = int8.fold_quantization(data)
+        if fused_attention:
+            data = fused.align_buffers(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
         graph = read_tflite(tmp)
         if set(graph.custom_ops()) - set(allowed_custom):
             raise ValueError(
