@@ -13,6 +13,8 @@ pub const LOCK_READ: c_int = 0;
 pub const LOCK_WRITE: c_int = 1;
 pub const ELEMENT_FLOAT32: c_int = 1;
 pub const ELEMENT_INT32: c_int = 2;
+/// `kLiteRtElementTypeInt8` = `kTfLiteInt8`.
+pub const ELEMENT_INT8: c_int = 9;
 
 pub type Handle = *mut c_void;
 

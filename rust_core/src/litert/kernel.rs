@@ -3,13 +3,14 @@
 //! LiteRT ignores the status that `Init`, `GetOutputLayouts` and `Run` return. So every problem
 //! (malformed attributes, wrong input counts or shapes) is logged to stderr and recorded in the
 //! shared [`Kernels`] state, which the runtime checks after compiling and after each run; `Run`
-//! fills the output with NaN rather than leave it stale.
+//! fills the output with NaN (an int8 output: with its zero point, see
+//! [`ops::Output::fill_failed`]) rather than leave it stale.
 //!
 //! With constant weights, each node's block is built on its first run and kept in a
 //! [`BlockCache`] until LiteRT destroys the nodes (see [`Kernels::register`]).
 
-use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, LOCK_READ, LOCK_WRITE, OK};
-use super::ops::{self, BlockCache, OpKind, Tensor, TensorData};
+use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, ELEMENT_INT8, LOCK_READ, LOCK_WRITE, OK};
+use super::ops::{self, BlockCache, OpKind, Output, Tensor, TensorData};
 use crate::exec::Exec;
 use crate::simd::Level;
 use std::ffi::{c_void, CString};
@@ -163,14 +164,21 @@ unsafe extern "C" fn get_output_layouts(
     if config.shape() != Some(vec![keys]) {
         kernels.record(format!("{name}: the last input must be the config vector of {keys} values, got shape {:?}", config.shape()));
     }
-    // Valid configs take one of these input counts; the exact one is checked in Run.
-    let possible: Vec<usize> = match state.op {
+    // Valid configs take one of these input counts; the exact one is checked in Run. The int8
+    // variant takes one more, the quantization vector of shape [4] before the config: the
+    // layouts carry no element types, so that shape is what names the variant in the message
+    // (a float op whose input there also has shape [4] keeps its own counts).
+    let float_counts: Vec<usize> = match state.op {
         OpKind::Cbam => vec![4, 6, 8],
         OpKind::SqueezeExcite => vec![6],
         OpKind::Bam => (6..=num_inputs.max(6)).step_by(2).collect(),
     };
-    if !possible.contains(&num_inputs) {
-        kernels.record(format!("{name}: expected {possible:?} inputs, got {num_inputs}"));
+    let int8_counts: Vec<usize> = float_counts.iter().map(|n| n + 1).collect();
+    let looks_int8 = num_inputs >= 3 && inputs[num_inputs - 2].shape() == Some(vec![4]);
+    let valid = float_counts.contains(&num_inputs) || (looks_int8 && int8_counts.contains(&num_inputs));
+    if !valid {
+        let (variant, possible) = if looks_int8 { (" (int8)", int8_counts) } else { ("", float_counts) };
+        kernels.record(format!("{name}{variant}: expected {possible:?} inputs, got {num_inputs}"));
     }
     let out = &mut *outputs;
     // Zeroed first: LiteRT reads more than the dimensions.
@@ -195,8 +203,13 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         kernels.record(format!("{}: cannot lock the output buffer", state.op.name()));
         return OK;
     }
-    let out = std::slice::from_raw_parts_mut(out_ptr as *mut f32, out_size / 4);
+    let mut out_type = api::RankedTensorType::zeroed();
+    let mut out = match (api.LiteRtGetTensorBufferTensorType)(output, &mut out_type) {
+        OK if out_type.element_type == ELEMENT_INT8 => Output::I8(std::slice::from_raw_parts_mut(out_ptr as *mut i8, out_size)),
+        _ => Output::F32(std::slice::from_raw_parts_mut(out_ptr as *mut f32, out_size / 4)),
+    };
     let mut locked = Vec::with_capacity(inputs.len());
+    let mut zero_point = None;
     let result = (|| {
         let mut shapes = Vec::with_capacity(inputs.len());
         let mut datas = Vec::with_capacity(inputs.len());
@@ -215,14 +228,19 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
             let data = match tensor_type.element_type {
                 ELEMENT_FLOAT32 if size >= 4 * count => TensorData::F32(std::slice::from_raw_parts(ptr as *const f32, count)),
                 ELEMENT_INT32 if size >= 4 * count => TensorData::I32(std::slice::from_raw_parts(ptr as *const i32, count)),
-                ELEMENT_FLOAT32 | ELEMENT_INT32 => return Err(format!("{}: input {i}: buffer of {size} bytes for shape {shape:?}", state.op.name())),
-                _ => TensorData::Other("a non-float32 type"),
+                ELEMENT_INT8 if size >= count => TensorData::I8(std::slice::from_raw_parts(ptr as *const i8, count)),
+                ELEMENT_FLOAT32 | ELEMENT_INT32 | ELEMENT_INT8 => {
+                    return Err(format!("{}: input {i}: buffer of {size} bytes for shape {shape:?}", state.op.name()))
+                }
+                _ => TensorData::Other("a type other than float32, int32 and int8"),
             };
             shapes.push(shape);
             datas.push(data);
         }
         let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
+        zero_point = ops::output_zero_point(state.op, &tensors);
         let exec = Exec::new(Level::active(), kernels.threads);
+        let out = out.reborrow();
         match &kernels.blocks {
             Some(cache) => cache.run(state.op, exec, &tensors, out),
             None => ops::run(state.op, exec, &tensors, out),
@@ -232,7 +250,7 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         (api.LiteRtUnlockTensorBuffer)(buffer);
     }
     if let Err(e) = result {
-        out.fill(f32::NAN);
+        out.fill_failed(zero_point);
         kernels.record(e);
     }
     (api.LiteRtUnlockTensorBuffer)(output);

@@ -6,12 +6,18 @@
 //! also travel as a flexbuffer map in the op's custom options, which LiteRT hands to `Init`
 //! only: `Run` gets no per-node state (one `user_data` serves every node of an op name), so it
 //! reads the same attributes from the config tensor.
+//!
+//! The int8 variant of an op (its map is INT8; see `/work/notes/int8_contract.md`) takes one
+//! more input before the config: the float32 "quantization" vector `[input_scale,
+//! input_zero_point, output_scale, output_zero_point]`, and writes an INT8 map. Its custom
+//! options may carry the same four values under [`QUANTIZATION_KEYS`] (all four or none).
 
 use crate::apply::Fusion;
 use crate::blocks::bam::Bam;
 use crate::blocks::cbam::{Cbam, ChannelGate};
 use crate::blocks::conv::{Conv2d, PoolConv};
 use crate::blocks::matmul::Dense;
+use crate::blocks::quantized::Quantization;
 use crate::blocks::squeeze_excite::SqueezeExcite;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
@@ -20,6 +26,9 @@ use std::sync::{Arc, RwLock};
 
 /// The attribute layout version this crate reads and the exporter writes.
 pub const VERSION: i64 = 1;
+
+/// The optional custom-option keys of an int8 op, in the order of its quantization vector.
+pub const QUANTIZATION_KEYS: [&str; 4] = ["input_scale", "input_zero_point", "output_scale", "output_zero_point"];
 
 /// One of the fused ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +60,8 @@ impl OpKind {
         }
     }
 
-    /// Checks attribute values (in `keys` order) and returns the op's input count.
+    /// Checks attribute values (in `keys` order) and returns the float op's input count (the
+    /// int8 variant takes one more).
     pub fn validate(self, values: &[i64]) -> Result<usize, String> {
         let name = self.name();
         if values.len() != self.keys().len() {
@@ -111,7 +121,40 @@ impl OpKind {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.validate(&values)?;
+        self.quantization_attributes(options)?;
         Ok(values)
+    }
+
+    /// The int8 variant's quantization from the custom options (the flexbuffer map of
+    /// [`OpKind::attributes`]), None when they hold none of [`QUANTIZATION_KEYS`].
+    pub fn quantization_attributes(self, options: &[u8]) -> Result<Option<Quantization>, String> {
+        use flexbuffers::FlexBufferType as T;
+        let name = self.name();
+        let bad = |what: String| format!("{name}: malformed quantization attributes ({what})");
+        let root = flexbuffers::Reader::get_root(options).map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
+        let map = root.get_map().map_err(|e| bad(format!("not a map: {e}")))?;
+        let values: Vec<Option<f64>> = QUANTIZATION_KEYS
+            .iter()
+            .map(|key| match map.index(*key) {
+                Err(_) => Ok(None),
+                Ok(v) => match v.flexbuffer_type() {
+                    T::Int | T::UInt | T::Float | T::IndirectInt | T::IndirectUInt | T::IndirectFloat => Ok(Some(v.as_f64())),
+                    other => Err(bad(format!("{key:?} must be a number, got {other:?}"))),
+                },
+            })
+            .collect::<Result<_, _>>()?;
+        match values.iter().filter(|v| v.is_some()).count() {
+            0 => Ok(None),
+            4 => {
+                let values: Vec<f64> = values.into_iter().flatten().collect();
+                let q = Quantization::from_values([values[0], values[1], values[2], values[3]]);
+                q.map(Some).map_err(bad)
+            }
+            _ => {
+                let missing: Vec<&str> = QUANTIZATION_KEYS.iter().zip(&values).filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+                Err(bad(format!("expected all of {QUANTIZATION_KEYS:?} or none, missing {missing:?}")))
+            }
+        }
     }
 }
 
@@ -126,6 +169,7 @@ pub struct Tensor<'a> {
 pub enum TensorData<'a> {
     F32(&'a [f32]),
     I32(&'a [i32]),
+    I8(&'a [i8]),
     /// Any other element type (named for messages).
     Other(&'static str),
 }
@@ -136,6 +180,7 @@ impl<'a> Tensor<'a> {
             TensorData::F32(d) if d.len() == self.shape.iter().product::<usize>() => Ok(d),
             TensorData::F32(_) => Err(format!("{what}: buffer size does not match shape {:?}", self.shape)),
             TensorData::I32(_) => Err(format!("{what}: expected float32, got int32")),
+            TensorData::I8(_) => Err(format!("{what}: expected float32, got int8")),
             TensorData::Other(t) => Err(format!("{what}: expected float32, got {t}")),
         }
     }
@@ -157,6 +202,125 @@ impl Block {
             Block::Bam(b) => b.forward(exec, x, dims, out),
         }
     }
+
+    pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
+        match self {
+            Block::Cbam(b) => b.forward_int8(exec, x, dims, q, out),
+            Block::SqueezeExcite(b) => b.forward_int8(exec, x, dims, q, out),
+            Block::Bam(b) => b.forward_int8(exec, x, dims, q, out),
+        }
+    }
+
+    /// Runs the block on `map` into `out`, which must have the map's element type.
+    fn run(&self, op: OpKind, exec: Exec, dims: Dims, map: Map, out: Output) -> Result<(), String> {
+        let exec = exec_for(exec, dims.len());
+        match (map, out) {
+            (Map::F32(x), Output::F32(out)) => self.forward(exec, x, dims, out),
+            (Map::I8(x, q), Output::I8(out)) => self.forward_int8(exec, x, dims, q, out),
+            (Map::F32(_), Output::I8(_)) => return Err(format!("{}: a float32 map needs a float32 output, got int8", op.name())),
+            (Map::I8(..), Output::F32(_)) => return Err(format!("{}: an int8 map needs an int8 output, got float32", op.name())),
+        }
+        Ok(())
+    }
+}
+
+/// An op's feature map: float32, or int8 with its quantization.
+#[derive(Clone, Copy, Debug)]
+enum Map<'a> {
+    F32(&'a [f32]),
+    I8(&'a [i8], Quantization),
+}
+
+impl Map<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Map::F32(x) => x.len(),
+            Map::I8(x, _) => x.len(),
+        }
+    }
+}
+
+/// An op's output buffer: float32 for the float op, int8 for the int8 variant.
+#[derive(Debug)]
+pub enum Output<'a> {
+    F32(&'a mut [f32]),
+    I8(&'a mut [i8]),
+}
+
+impl Output<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Output::F32(o) => o.len(),
+            Output::I8(o) => o.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same buffer, borrowed for a shorter time.
+    pub fn reborrow(&mut self) -> Output<'_> {
+        match self {
+            Output::F32(o) => Output::F32(o),
+            Output::I8(o) => Output::I8(o),
+        }
+    }
+
+    /// Marks a failed run: NaN for float32; an int8 map has no NaN, so the output zero point
+    /// (a real 0) when known, else 0. The error itself is recorded by the caller.
+    pub fn fill_failed(&mut self, zero_point: Option<i8>) {
+        match self {
+            Output::F32(o) => o.fill(f32::NAN),
+            Output::I8(o) => o.fill(zero_point.unwrap_or(0)),
+        }
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for Output<'a> {
+    fn from(out: &'a mut [f32]) -> Self {
+        Output::F32(out)
+    }
+}
+
+impl<'a> From<&'a mut Vec<f32>> for Output<'a> {
+    fn from(out: &'a mut Vec<f32>) -> Self {
+        Output::F32(out)
+    }
+}
+
+impl<'a> From<&'a mut [i8]> for Output<'a> {
+    fn from(out: &'a mut [i8]) -> Self {
+        Output::I8(out)
+    }
+}
+
+impl<'a> From<&'a mut Vec<i8>> for Output<'a> {
+    fn from(out: &'a mut Vec<i8>) -> Self {
+        Output::I8(out)
+    }
+}
+
+/// Whether the op's inputs are those of the int8 variant (its map is int8).
+fn is_int8(inputs: &[Tensor]) -> bool {
+    matches!(inputs.first().map(|t| t.data), Some(TensorData::I8(_)))
+}
+
+/// The checked quantization vector of an int8 op (the input before the config).
+fn quantization(op: OpKind, inputs: &[Tensor]) -> Result<Quantization, String> {
+    let name = op.name();
+    let tensor = &inputs[inputs.len() - 2];
+    match tensor.data {
+        TensorData::F32(&[a, b, c, d]) if tensor.shape == [4] => {
+            Quantization::from_values([a, b, c, d].map(f64::from)).map_err(|e| format!("{name}: quantization input: {e}"))
+        }
+        _ => Err(format!("{name}: the input before the config must be the float32 quantization vector {QUANTIZATION_KEYS:?}, got shape {:?}", tensor.shape)),
+    }
+}
+
+/// The output zero point of an int8 op, if its quantization vector is readable and valid.
+pub fn output_zero_point(op: OpKind, inputs: &[Tensor]) -> Option<i8> {
+    (is_int8(inputs) && inputs.len() >= 3).then(|| quantization(op, inputs).ok()).flatten().map(|q| q.output_zero_point as i8)
 }
 
 /// The config tensor's values (the last input), checked.
@@ -167,7 +331,7 @@ pub fn config(op: OpKind, inputs: &[Tensor]) -> Result<Vec<i64>, String> {
         TensorData::I32(v) if last.shape.len() == 1 => v.iter().map(|&v| v.into()).collect(),
         _ => return Err(format!("{name}: the last input must be the int32 config vector {:?}", op.keys())),
     };
-    let count = op.validate(&values)?;
+    let count = op.validate(&values)? + is_int8(inputs) as usize;
     if inputs.len() != count {
         return Err(format!("{name}: expected {count} inputs for attributes {values:?}, got {}", inputs.len()));
     }
@@ -191,10 +355,9 @@ fn dense(op: OpKind, kernel: &Tensor, bias: &Tensor, relu: bool) -> Result<Dense
     }
 }
 
-/// Builds the block of `op` from its weight inputs (`inputs[1..len - 1]`) and config.
-pub fn build(op: OpKind, inputs: &[Tensor], config: &[i64], channels: usize) -> Result<Block, String> {
+/// Builds the block of `op` from its weight inputs (see [`weights`]) and config.
+pub fn build(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Result<Block, String> {
     let name = op.name();
-    let w = &inputs[1..inputs.len() - 1];
     match op {
         OpKind::Cbam => {
             let (has_channel, has_spatial) = (config[1] == 1, config[2] == 1);
@@ -249,16 +412,26 @@ pub fn build(op: OpKind, inputs: &[Tensor], config: &[i64], channels: usize) -> 
     }
 }
 
+/// The weight inputs of a checked op: between the map and the config, or for the int8 variant
+/// the quantization vector.
+pub fn weights<'i, 'a>(inputs: &'i [Tensor<'a>]) -> &'i [Tensor<'a>] {
+    &inputs[1..inputs.len() - 1 - is_int8(inputs) as usize]
+}
+
 /// The checked config, the map's dims and the map of `op`'s inputs, for an output of `out_len`
 /// values.
-fn prepare<'a>(op: OpKind, inputs: &[Tensor<'a>], out_len: usize) -> Result<(Vec<i64>, Dims, &'a [f32]), String> {
+fn prepare<'a>(op: OpKind, inputs: &[Tensor<'a>], out_len: usize) -> Result<(Vec<i64>, Dims, Map<'a>), String> {
     let config = config(op, inputs)?;
     let dims = map_dims(op, &inputs[0])?;
-    let x = inputs[0].f32("feature map")?;
-    if out_len != x.len() {
-        return Err(format!("{}: the output holds {out_len} values, the input {}", op.name(), x.len()));
+    let map = match inputs[0].data {
+        TensorData::I8(x) if x.len() == dims.len() => Map::I8(x, quantization(op, inputs)?),
+        TensorData::I8(_) => return Err(format!("{}: feature map: buffer size does not match shape {:?}", op.name(), inputs[0].shape)),
+        _ => Map::F32(inputs[0].f32("feature map")?),
+    };
+    if out_len != map.len() {
+        return Err(format!("{}: the output holds {out_len} values, the input {}", op.name(), map.len()));
     }
-    Ok((config, dims, x))
+    Ok((config, dims, map))
 }
 
 /// `exec` for a map of `elems` values: on the calling thread unless the map is large enough to
@@ -271,11 +444,12 @@ fn exec_for(exec: Exec, elems: usize) -> Exec {
     }
 }
 
-/// Runs `op` on its inputs into `out` (the map's size), building its block from the weights.
-pub fn run(op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
-    let (config, dims, x) = prepare(op, inputs, out.len())?;
-    build(op, inputs, &config, dims.c)?.forward(exec_for(exec, x.len()), x, dims, out);
-    Ok(())
+/// Runs `op` on its inputs into `out` (the map's size and element type), building its block
+/// from the weights.
+pub fn run<'o>(op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
+    let out = out.into();
+    let (config, dims, map) = prepare(op, inputs, out.len())?;
+    build(op, weights(inputs), &config, dims.c)?.run(op, exec, dims, map, out)
 }
 
 /// What a cached block was built from: the op, its config, the map's channels and, for every
@@ -316,21 +490,21 @@ pub struct BlockCache {
 
 impl BlockCache {
     /// Like [`run`], with the block built on the first run of each node only.
-    pub fn run(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: &mut [f32]) -> Result<(), String> {
-        let (config, dims, x) = prepare(op, inputs, out.len())?;
-        let Some(key) = BlockKey::new(op, &config, dims.c, &inputs[1..inputs.len() - 1]) else {
+    pub fn run<'o>(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
+        let out = out.into();
+        let (config, dims, map) = prepare(op, inputs, out.len())?;
+        let Some(key) = BlockKey::new(op, &config, dims.c, weights(inputs)) else {
             return run(op, exec, inputs, out);
         };
         let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let block = match cached {
             Some(block) => block,
             None => {
-                let block = Arc::new(build(op, inputs, &config, dims.c)?);
+                let block = Arc::new(build(op, weights(inputs), &config, dims.c)?);
                 self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
             }
         };
-        block.forward(exec_for(exec, x.len()), x, dims, out);
-        Ok(())
+        block.run(op, exec, dims, map, out)
     }
 
     /// The number of blocks held.
@@ -347,6 +521,9 @@ impl BlockCache {
         self.blocks.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
+
+#[cfg(test)]
+mod int8_tests;
 
 #[cfg(test)]
 mod tests {
