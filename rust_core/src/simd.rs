@@ -178,13 +178,23 @@ impl WithSimd for MapInPlace<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let f = |v| if self.negated_exp { exp(simd, simd.neg_f32s(v)) } else { sigmoid(simd, v) };
         let (head, tail) = S::as_mut_simd_f32s(self.values);
         for v in head {
-            *v = f(*v);
+            *v = map_lane(simd, self.negated_exp, *v);
         }
-        let last = f(simd.partial_load_f32s(tail));
+        let last = map_lane(simd, self.negated_exp, simd.partial_load_f32s(tail));
         simd.partial_store_f32s(tail, last);
+    }
+}
+
+/// A function, not a closure: a closure does not inherit the SIMD target features of the
+/// function it is defined in, so the intrinsics in it would be called out of line.
+#[inline(always)]
+fn map_lane<S: Simd>(simd: S, negated_exp: bool, v: S::f32s) -> S::f32s {
+    if negated_exp {
+        exp(simd, simd.neg_f32s(v))
+    } else {
+        sigmoid(simd, v)
     }
 }
 
