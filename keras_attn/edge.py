@@ -41,12 +41,15 @@ class Runtime:
     """A `.tflite` model compiled by LiteRT for the CPU, with keras-attn's kernels registered.
 
     Args:
-        path: the `.tflite` file (float32 inputs and outputs, fixed shapes).
+        path: the `.tflite` file (float32 or int8 inputs and outputs, fixed shapes).
         threads: CPU threads for XNNPACK and for our kernels; None lets LiteRT choose for
             XNNPACK and gives our kernels every core.
 
-    Call it with one float array per model input (or a single array): returns a float32 array
-    (a list for several outputs). The kernels check their attributes and inputs when the model
+    Call it with one array per model input (or a single array): returns an array per output
+    in the output's dtype (a list for several outputs). A float32 input takes any real array
+    (converted to float32); an int8 input (`input_dtypes`) takes already quantized values: an
+    integer array within -128..127 (converted to int8), never floats, which would need the
+    input's scale and zero point. The kernels check their attributes and inputs when the model
     is compiled and at every run; a problem raises `ValueError` with their message.
     """
 
@@ -78,6 +81,16 @@ class Runtime:
         return [tuple(s) for s in self._runtime.output_shapes]
 
     @property
+    def input_dtypes(self):
+        """The NumPy dtype of every model input: `float32` or `int8`."""
+        return [np.dtype(d) for d in self._runtime.input_dtypes]
+
+    @property
+    def output_dtypes(self):
+        """The NumPy dtype of every model output: `float32` or `int8`."""
+        return [np.dtype(d) for d in self._runtime.output_dtypes]
+
+    @property
     def cached_blocks(self):
         """How many fused blocks are kept built between runs: one per fused node once the model
         has run, whose weights are then not re-read and re-packed (0 when some fused op takes
@@ -92,13 +105,24 @@ class Runtime:
                 f"`inputs` must hold {len(shapes)} array(s), one per model input; got {len(arrays)}."
             )
         converted = []
-        for i, (a, shape) in enumerate(zip(arrays, shapes)):
+        for i, (a, shape, dtype) in enumerate(zip(arrays, shapes, self.input_dtypes)):
             a = np.asarray(a)
-            if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+            if dtype == np.int8:
+                if not np.issubdtype(a.dtype, np.integer):
+                    raise TypeError(
+                        f"`inputs[{i}]` must be an int8 array of quantized values (the model "
+                        f"input is int8); got dtype {a.dtype}."
+                    )
+                if a.dtype != np.int8 and a.size and (a.min() < -128 or a.max() > 127):
+                    raise ValueError(
+                        f"`inputs[{i}]` must hold int8 values in -128..127; got values in "
+                        f"{a.min()}..{a.max()}."
+                    )
+            elif not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
                 raise TypeError(f"`inputs[{i}]` must be a real-valued array; got dtype {a.dtype}.")
             if a.shape != shape:
                 raise ValueError(f"`inputs[{i}]` must have shape {shape}; got {a.shape}.")
-            converted.append(np.ascontiguousarray(a, dtype=np.float32))
+            converted.append(np.ascontiguousarray(a, dtype=dtype))
         outputs = self._runtime.run(converted)
         return outputs[0] if len(outputs) == 1 else outputs
 

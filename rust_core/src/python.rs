@@ -9,11 +9,12 @@ mod block;
 
 use crate::apply::{self, Fusion};
 use crate::exec::{all_cores, Exec};
+use crate::litert::runtime::{ElementType, Input, Output};
 use crate::layout::{Dims, Layout};
 use crate::simd::Level;
 use crate::{bandwidth, pool};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 type Out<'py> = Bound<'py, PyAny>;
@@ -66,7 +67,7 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     a.as_slice().map_err(|_| value_error(format!("`{name}` must be C-contiguous")))
 }
 
-fn shaped<'py>(py: Python<'py>, data: Vec<f32>, shape: &[usize]) -> PyResult<Out<'py>> {
+fn shaped<'py, T: numpy::Element>(py: Python<'py>, data: Vec<T>, shape: &[usize]) -> PyResult<Out<'py>> {
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
 }
 
@@ -246,21 +247,77 @@ impl LiteRtRuntime {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_shapes().to_vec()
     }
 
+    /// The NumPy dtype name of every input: "float32" or "int8".
+    #[getter]
+    fn input_dtypes(&self) -> Vec<&'static str> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_types().iter().map(|t| t.name()).collect()
+    }
+
+    /// The NumPy dtype name of every output: "float32" or "int8".
+    #[getter]
+    fn output_dtypes(&self) -> Vec<&'static str> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_types().iter().map(|t| t.name()).collect()
+    }
+
     /// The fused blocks built once and kept between runs (one per fused node).
     #[getter]
     fn cached_blocks(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).cached_blocks()
     }
 
-    /// Runs the model on C-contiguous float32 arrays; returns float32 arrays.
-    fn run<'py>(&self, py: Python<'py>, inputs: Vec<PyReadonlyArrayDyn<'py, f32>>) -> PyResult<Vec<Out<'py>>> {
-        let slices = inputs.iter().enumerate().map(|(i, a)| contiguous(a, &format!("inputs[{i}]"))).collect::<PyResult<Vec<_>>>()?;
+    /// Runs the model on C-contiguous arrays of the inputs' dtypes (`input_dtypes`); returns
+    /// arrays of the outputs' dtypes.
+    fn run<'py>(&self, py: Python<'py>, inputs: Vec<Bound<'py, PyAny>>) -> PyResult<Vec<Out<'py>>> {
+        let types = self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_types().to_vec();
+        if inputs.len() != types.len() {
+            return Err(value_error(format!("`inputs` must hold {} arrays, one per model input; got {}", types.len(), inputs.len())));
+        }
+        let held = inputs.iter().zip(&types).enumerate().map(|(i, (a, &t))| Held::extract(a, i, t)).collect::<PyResult<Vec<_>>>()?;
+        let values = held.iter().enumerate().map(|(i, h)| h.values(i)).collect::<PyResult<Vec<_>>>()?;
         let (results, shapes) = py.detach(|| {
             let mut runtime = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            (runtime.run(&slices), runtime.output_shapes().to_vec())
+            (runtime.run(&values), runtime.output_shapes().to_vec())
         });
         let results = results.map_err(value_error)?;
-        results.into_iter().zip(shapes).map(|(data, shape)| shaped(py, data, &shape)).collect()
+        results
+            .into_iter()
+            .zip(shapes)
+            .map(|(data, shape)| match data {
+                Output::Float32(d) => shaped(py, d, &shape),
+                Output::Int8(d) => shaped(py, d, &shape),
+            })
+            .collect()
+    }
+}
+
+/// A model input array, read-only borrowed as the model's element type.
+enum Held<'py> {
+    Float32(PyReadonlyArrayDyn<'py, f32>),
+    Int8(PyReadonlyArrayDyn<'py, i8>),
+}
+
+impl<'py> Held<'py> {
+    /// `inputs[i]` as an array of `expected`, or a `TypeError` naming both dtypes.
+    fn extract(a: &Bound<'py, PyAny>, i: usize, expected: ElementType) -> PyResult<Held<'py>> {
+        let held = match expected {
+            ElementType::Float32 => a.extract().map(Held::Float32).ok(),
+            ElementType::Int8 => a.extract().map(Held::Int8).ok(),
+        };
+        held.ok_or_else(|| {
+            let given = match a.getattr("dtype") {
+                Ok(dtype) => format!("dtype {}", dtype.str().map(|s| s.to_string()).unwrap_or_default()),
+                Err(_) => format!("a {}", a.get_type().name().map(|s| s.to_string()).unwrap_or_default()),
+            };
+            PyTypeError::new_err(format!("`inputs[{i}]` must be an array of dtype {} (the model input's type); got {given}", expected.name()))
+        })
+    }
+
+    fn values(&self, i: usize) -> PyResult<Input<'_>> {
+        let name = format!("inputs[{i}]");
+        Ok(match self {
+            Held::Float32(a) => Input::Float32(contiguous(a, &name)?),
+            Held::Int8(a) => Input::Int8(contiguous(a, &name)?),
+        })
     }
 }
 

@@ -1,9 +1,58 @@
 //! A `.tflite` model compiled by LiteRT's CompiledModel API for the CPU (XNNPACK), with the fused
-//! kernels registered: float32 inputs in, float32 outputs out.
+//! kernels registered: float32 or int8 inputs in, float32 or int8 outputs out, each as the
+//! model's tensor says.
 
-use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
+use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, ELEMENT_INT8, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
 use super::kernel::{fused_weights_are_constant, Kernels};
 use std::ffi::{c_void, CString};
+
+/// The element type of a model input or output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElementType {
+    Float32,
+    Int8,
+}
+
+impl ElementType {
+    /// The NumPy dtype name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElementType::Float32 => "float32",
+            ElementType::Int8 => "int8",
+        }
+    }
+
+    fn from_litert(code: i32) -> Option<ElementType> {
+        match code {
+            ELEMENT_FLOAT32 => Some(ElementType::Float32),
+            ELEMENT_INT8 => Some(ElementType::Int8),
+            _ => None,
+        }
+    }
+}
+
+/// The values of one model input.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    Float32(&'a [f32]),
+    Int8(&'a [i8]),
+}
+
+impl Input<'_> {
+    fn element_type(&self) -> ElementType {
+        match self {
+            Input::Float32(_) => ElementType::Float32,
+            Input::Int8(_) => ElementType::Int8,
+        }
+    }
+}
+
+/// The values of one model output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Float32(Vec<f32>),
+    Int8(Vec<i8>),
+}
 
 pub struct Runtime {
     api: &'static Api,
@@ -15,6 +64,8 @@ pub struct Runtime {
     outputs: Vec<Handle>,
     input_shapes: Vec<Vec<usize>>,
     output_shapes: Vec<Vec<usize>>,
+    input_types: Vec<ElementType>,
+    output_types: Vec<ElementType>,
     kernels: Option<Box<Kernels>>,
 }
 
@@ -51,6 +102,8 @@ impl Runtime {
             outputs: Vec::new(),
             input_shapes: Vec::new(),
             output_shapes: Vec::new(),
+            input_types: Vec::new(),
+            output_types: Vec::new(),
             kernels: None,
         };
         // SAFETY: every call below follows LiteRT's C API with live handles owned by `rt`, which
@@ -88,22 +141,38 @@ impl Runtime {
             check((api.LiteRtGetNumSignatureOutputs)(signature, &mut n_out), "GetNumSignatureOutputs")?;
             for (count, is_input) in [(n_in, true), (n_out, false)] {
                 for i in 0..count {
-                    let (buffer, shape) = rt.buffer(signature, i, is_input)?;
-                    let (buffers, shapes) = if is_input { (&mut rt.inputs, &mut rt.input_shapes) } else { (&mut rt.outputs, &mut rt.output_shapes) };
+                    let (buffer, shape, element_type) = rt.buffer(signature, i, is_input)?;
+                    let (buffers, shapes, types) = if is_input {
+                        (&mut rt.inputs, &mut rt.input_shapes, &mut rt.input_types)
+                    } else {
+                        (&mut rt.outputs, &mut rt.output_shapes, &mut rt.output_types)
+                    };
                     buffers.push(buffer);
                     shapes.push(shape);
+                    types.push(element_type);
                 }
             }
         }
         // LiteRT prepares the ops (and so calls GetOutputLayouts) on the first run: run once on
         // zeros so that every kernel has checked its inputs before the model is handed out.
-        let zeros: Vec<Vec<f32>> = rt.input_shapes.iter().map(|s| vec![0.0; s.iter().product()]).collect();
-        rt.run(&zeros.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+        let sizes: Vec<usize> = rt.input_shapes.iter().map(|s| s.iter().product()).collect();
+        let (float_zeros, int_zeros) = (vec![0.0; sizes.iter().copied().max().unwrap_or(0)], vec![0; sizes.iter().copied().max().unwrap_or(0)]);
+        let zeros: Vec<Input> = rt
+            .input_types
+            .iter()
+            .zip(&sizes)
+            .map(|(t, &n)| match t {
+                ElementType::Float32 => Input::Float32(&float_zeros[..n]),
+                ElementType::Int8 => Input::Int8(&int_zeros[..n]),
+            })
+            .collect();
+        rt.run(&zeros)?;
         Ok(rt)
     }
 
-    /// A managed host buffer for input or output `i` of the first signature, and its shape.
-    unsafe fn buffer(&self, signature: Handle, i: usize, is_input: bool) -> Result<(Handle, Vec<usize>), String> {
+    /// A managed host buffer for input or output `i` of the first signature, its shape and its
+    /// element type.
+    unsafe fn buffer(&self, signature: Handle, i: usize, is_input: bool) -> Result<(Handle, Vec<usize>, ElementType), String> {
         let api = self.api;
         let (mut tensor, mut requirements, mut buffer) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         let mut tensor_type = RankedTensorType::zeroed();
@@ -116,12 +185,12 @@ impl Runtime {
         }
         check((api.LiteRtGetRankedTensorType)(tensor, &mut tensor_type), "GetRankedTensorType")?;
         let kind = if is_input { "input" } else { "output" };
-        if tensor_type.element_type != ELEMENT_FLOAT32 {
-            return Err(format!("model {kind} {i} is not float32 (LiteRT element type {}); only float32 models run here", tensor_type.element_type));
-        }
+        let element_type = ElementType::from_litert(tensor_type.element_type).ok_or_else(|| {
+            format!("model {kind} {i} is neither float32 nor int8 (LiteRT element type {}); only those run here", tensor_type.element_type)
+        })?;
         let shape = tensor_type.layout.shape().ok_or_else(|| format!("model {kind} {i} has a dynamic shape; export it with fixed sizes"))?;
         check((api.LiteRtCreateManagedTensorBufferFromRequirements)(self.env, &tensor_type, requirements, &mut buffer), "CreateManagedTensorBuffer")?;
-        Ok((buffer, shape))
+        Ok((buffer, shape, element_type))
     }
 
     pub fn input_shapes(&self) -> &[Vec<usize>] {
@@ -132,27 +201,50 @@ impl Runtime {
         &self.output_shapes
     }
 
+    pub fn input_types(&self) -> &[ElementType] {
+        &self.input_types
+    }
+
+    pub fn output_types(&self) -> &[ElementType] {
+        &self.output_types
+    }
+
     /// The fused blocks built and kept between runs: one per fused node once the model has run,
     /// 0 when its weights are not all constant.
     pub fn cached_blocks(&self) -> usize {
         self.kernels.as_ref().map_or(0, |k| k.cached_blocks())
     }
 
-    /// Runs the model on `inputs` (one slice per input, each exactly its shape's size).
-    pub fn run(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+    /// Runs the model on `inputs` (one per input, each of its element type and exactly its
+    /// shape's size).
+    pub fn run(&mut self, inputs: &[Input]) -> Result<Vec<Output>, String> {
         let api = self.api;
         if inputs.len() != self.inputs.len() {
             return Err(format!("expected {} inputs, got {}", self.inputs.len(), inputs.len()));
         }
-        // SAFETY: the buffers are live managed host buffers of at least the shapes' sizes.
+        // SAFETY: the buffers are live managed host buffers of at least the shapes' sizes in their
+        // element types, which every input is checked to have before any is copied.
         unsafe {
-            for ((&buffer, data), shape) in self.inputs.iter().zip(inputs).zip(&self.input_shapes) {
-                if data.len() != shape.iter().product::<usize>() {
-                    return Err(format!("input of {} values for shape {shape:?}", data.len()));
+            for (i, (input, (&expected, shape))) in inputs.iter().zip(self.input_types.iter().zip(&self.input_shapes)).enumerate() {
+                if input.element_type() != expected {
+                    return Err(format!("inputs[{i}]: expected {} values, got {}", expected.name(), input.element_type().name()));
                 }
+                let len = match input {
+                    Input::Float32(d) => d.len(),
+                    Input::Int8(d) => d.len(),
+                };
+                if len != shape.iter().product::<usize>() {
+                    return Err(format!("inputs[{i}]: {len} values for shape {shape:?}"));
+                }
+            }
+            for (&buffer, input) in self.inputs.iter().zip(inputs) {
+                let (bytes, data) = match input {
+                    Input::Float32(d) => (4 * d.len(), d.as_ptr() as *const u8),
+                    Input::Int8(d) => (d.len(), d.as_ptr() as *const u8),
+                };
                 let mut ptr = std::ptr::null_mut();
                 check((api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_WRITE), "LockTensorBuffer")?;
-                std::ptr::copy_nonoverlapping(data.as_ptr(), ptr as *mut f32, data.len());
+                std::ptr::copy_nonoverlapping(data, ptr as *mut u8, bytes);
                 (api.LiteRtUnlockTensorBuffer)(buffer);
             }
             let status = (api.LiteRtRunCompiledModel)(self.compiled, 0, self.inputs.len(), self.inputs.as_mut_ptr(), self.outputs.len(), self.outputs.as_mut_ptr());
@@ -162,10 +254,14 @@ impl Runtime {
             }
             check(status, "RunCompiledModel")?;
             let mut results = Vec::with_capacity(self.outputs.len());
-            for (&buffer, shape) in self.outputs.iter().zip(&self.output_shapes) {
+            for ((&buffer, shape), element_type) in self.outputs.iter().zip(&self.output_shapes).zip(&self.output_types) {
                 let mut ptr = std::ptr::null_mut();
                 check((api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_READ), "LockTensorBuffer")?;
-                results.push(std::slice::from_raw_parts(ptr as *const f32, shape.iter().product()).to_vec());
+                let len = shape.iter().product();
+                results.push(match element_type {
+                    ElementType::Float32 => Output::Float32(std::slice::from_raw_parts(ptr as *const f32, len).to_vec()),
+                    ElementType::Int8 => Output::Int8(std::slice::from_raw_parts(ptr as *const i8, len).to_vec()),
+                });
                 (api.LiteRtUnlockTensorBuffer)(buffer);
             }
             Ok(results)
