@@ -29,9 +29,13 @@ pub(super) fn dequantize_one(q: i8, scale: f32, zero_point: i32) -> f32 {
 /// `clamp(round_half_to_even(y / scale) + zero_point, -128, 127)`; NaN maps to the zero point.
 #[inline(always)]
 pub(super) fn quantize_one(y: f32, scale: f32, zero_point: i32) -> i8 {
-    // Clamped first so that the integer add cannot overflow; every zero point saturates a
-    // value beyond +-256 anyway. `as i32` turns NaN into 0.
-    let q = (y / scale).round_ties_even().clamp(-256.0, 256.0) as i32;
+    // Clamped first (every zero point saturates a value beyond +-256 anyway), so that the
+    // float-to-int conversion needs no saturation: `as i32`'s saturating conversion keeps the
+    // compiler from vectorising the loop (8x slower on AVX-512).
+    let v = y / scale;
+    let v = if v.is_nan() { 0.0 } else { v.clamp(-256.0, 256.0) };
+    // SAFETY: `v` is finite and within +-256, so its rounded value fits an i32.
+    let q = unsafe { v.round_ties_even().to_int_unchecked::<i32>() };
     (q + zero_point).clamp(-128, 127) as i8
 }
 
