@@ -40,8 +40,10 @@ def _calibration(shape, count=16):
 
 def _quantized(x, path):
     """`x` quantized as the input of the int8 model at `path`."""
-    interpreter = LiteRTModel(path)
-    scale, zero_point = interpreter.input_details[0]["quantization"]
+    with open(path, "rb") as f:
+        graph = flatbuffer_utils().read_model_from_bytearray(bytearray(f.read())).subgraphs[0]
+    quantization = graph.tensors[int(graph.inputs[0])].quantization
+    scale, zero_point = float(quantization.scale[0]), int(quantization.zeroPoint[0])
     return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
 
 
