@@ -196,3 +196,18 @@ def test_weights_that_are_not_constants_are_read_every_run(exported, tmp_path):
     assert runtime.cached_blocks == 0
     assert np.abs(runtime([x, 2 * kernel]) - want).max() > 1e-3
     np.testing.assert_allclose(runtime([x, kernel]), want, atol=1e-6, rtol=0)
+
+
+def test_fused_attention_can_name_the_block_families_to_fuse(tmp_path):
+    inputs = keras.Input((6, 5, 8), batch_size=1)
+    h = keras_attn.CBAM(reduction_ratio=2)(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras_attn.SqueezeExcite(reduction_ratio=2)(h))
+    path = tmp_path / "cbam_only.tflite"
+    report = to_tflite(model, path, fused_attention=["cbam"])
+    assert read_tflite(path).custom_ops() == ["KerasAttnCBAM"]
+    assert report.op_counts["LOGISTIC"] == 1  # SE's gate stayed builtin
+    x = np.random.default_rng(0).normal(size=(1, 6, 5, 8)).astype("float32")
+    np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"`fused_attention` must be True, False or a non-empty"):
+        to_tflite(model, tmp_path / "bad.tflite", fused_attention=["eca"])

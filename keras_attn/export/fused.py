@@ -23,6 +23,8 @@ from keras_attn import cpu
 
 ATTRIBUTE_VERSION = 1
 OP_NAMES = ("KerasAttnCBAM", "KerasAttnSE", "KerasAttnBAM")
+# The names `to_tflite(fused_attention=...)` takes to fuse some block families only, and their ops.
+FAMILIES = {"cbam": "KerasAttnCBAM", "se": "KerasAttnSE", "bam": "KerasAttnBAM"}
 # Attribute names in config-vector order; must match rust_core/src/litert/ops.rs (OpKind::keys).
 _KEYS = {
     "KerasAttnCBAM": ("version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size"),
@@ -153,8 +155,9 @@ def _bam_body(attributes):
     return body
 
 
-def _fused_call(layer):
-    """The replacement `call` of a supported layer, or None to keep its own."""
+def _fused_call(layer, ops):
+    """The replacement `call` of a supported layer whose op is in `ops`, or None to keep its
+    own."""
     import tensorflow as tf
 
     from keras_attn import layers
@@ -178,6 +181,8 @@ def _fused_call(layer):
         body = _bam_body(attributes)
     else:
         return None
+    if op not in ops:
+        return None
     composite, config = _composite(op, attributes, body)
     constants = [tf.constant(w) for w in weights]
     original = layer.call
@@ -192,8 +197,9 @@ def _fused_call(layer):
 
 
 @contextlib.contextmanager
-def fused_layers(model):
-    """Within the block, the model's supported attention layers call their fused composites.
+def fused_layers(model, ops=OP_NAMES):
+    """Within the block, the model's supported attention layers whose op is in `ops` call their
+    fused composites.
 
     Yields the number of layers swapped. Layers inside a swapped layer are left alone; every
     swapped layer gets its own `call` back on exit.
@@ -201,7 +207,7 @@ def fused_layers(model):
     swapped = []
 
     def visit(layer):
-        call = _fused_call(layer)
+        call = _fused_call(layer, ops)
         if call is not None:
             layer.call = call
             swapped.append(layer)

@@ -135,6 +135,26 @@ def _conversion_failure(err, quantization):
     )
 
 
+def _fused_ops(fused_attention):
+    """The custom ops `fused_attention` asks for: all for True, none for False, or those of the
+    named block families."""
+    from keras_attn.export.fused import FAMILIES, OP_NAMES
+
+    if isinstance(fused_attention, bool):
+        return OP_NAMES if fused_attention else ()
+    names = [fused_attention] if isinstance(fused_attention, str) else fused_attention
+    try:
+        names = list(names)
+    except TypeError:
+        names = None
+    if not names or any(not isinstance(n, str) or n.lower() not in FAMILIES for n in names):
+        raise ValueError(
+            f"`fused_attention` must be True, False or a non-empty list of block families among "
+            f"{sorted(FAMILIES)}; got {fused_attention!r}."
+        )
+    return tuple(FAMILIES[n.lower()] for n in names)
+
+
 def to_tflite(
     model,
     path,
@@ -181,8 +201,9 @@ def to_tflite(
             through `keras_attn.edge.Runtime` (see `keras_attn.export.fused`); the file's
             buffers are 64-byte aligned as LiteRT requires. With "int8" the model is
             calibrated through those kernels and the ops take and give int8 maps (see
-            `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. False (default):
-            builtins only.
+            `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A list of block
+            families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those and
+            keeps the others builtin. False (default): builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
@@ -219,6 +240,7 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
+    fused_ops = _fused_ops(fused_attention)
     if fused_attention and quantization not in (None, "int8"):
         raise ValueError(
             f"`fused_attention=True` supports quantization=None (float32) and 'int8'; got "
@@ -238,7 +260,7 @@ def to_tflite(
 
         options["allow_custom_ops"] = True
         allowed_custom = fused.OP_NAMES
-        swap = fused.fused_layers(model)
+        swap = fused.fused_layers(model, fused_ops)
 
     from tensorflow.lite.python.convert_phase import ConverterError
 
