@@ -3,10 +3,17 @@
 //!
 //! [`forward_reference`] is exactly that, through a float copy of the whole map. The blocks'
 //! `forward_int8` read the int8 map directly: channel pooling from exact integer sums and int8
-//! maxima, the spatial pooling and the gate application a tile at a time through the float
-//! kernels on a dequantized copy of the tile, the output written as int8 from the tile. They
-//! match the reference exactly or within 1 LSB (see the tests for where and why).
+//! maxima; CBAM's spatial pooling over `(x - zp_in) * (s_in * g[c])`; the output as
+//! `round((x - zp_in) * f[c] * s[p]) + zp_out` with `f[c] = s_in * g[c] / s_out` folded ahead of
+//! time (BAM: its gate computed per pixel row, then the same). Only BAM's spatial branch, a
+//! chain of convolutions, reads a dequantized copy (one image at a time). The fast paths
+//! reassociate the float arithmetic, so they match the reference exactly except, by 1 LSB,
+//! where the block's output lies within float32 rounding of a tie (see the tests).
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod bench;
 mod kernels;
 #[cfg(test)]
 mod tests;
@@ -14,11 +21,11 @@ mod tests;
 use super::bam::Bam;
 use super::cbam::{pooled_mlp, Cbam};
 use super::squeeze_excite::SqueezeExcite;
-use crate::apply::{apply_bam, apply_gates};
+use crate::apply::Fusion;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
-use crate::simd::sigmoid_in_place;
-use kernels::{apply, channel_pool, dequantize_one, quantize_one, spatial_sum_max};
+use crate::simd::{neg_exp_in_place, sigmoid_in_place};
+use kernels::{bam_rows, channel_pool, dequantize_one, for_each_output_tile, quantize_one, scale_rows, spatial_sum_max, BamGate};
 
 /// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,10 +65,6 @@ impl Quantization {
     fn input(self) -> (f32, i32) {
         (self.input_scale, self.input_zero_point)
     }
-
-    fn output(self) -> (f32, i32) {
-        (self.output_scale, self.output_zero_point)
-    }
 }
 
 /// The int8 semantics by definition: dequantize the whole map, run `forward` (a float block) on
@@ -81,6 +84,16 @@ fn check(x: &[i8], dims: Dims, channels: usize, out: &[i8]) {
     assert!(dims.c == channels && x.len() == dims.len() && out.len() == x.len());
 }
 
+/// The per-channel factors of the output pass, `input_scale * gate[n, c] / output_scale` (the
+/// gate 1 where absent), for `len` = N * C values.
+fn output_factors(q: Quantization, gates: Option<&[f32]>, len: usize) -> Vec<f32> {
+    let factor = |g: f32| (q.input_scale as f64 * g as f64 / q.output_scale as f64) as f32;
+    match gates {
+        Some(gates) => gates.iter().map(|&g| factor(g)).collect(),
+        None => vec![factor(1.0); len],
+    }
+}
+
 impl Cbam {
     /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation).
     pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
@@ -95,9 +108,13 @@ impl Cbam {
                 gate.gates(exec.level, &mean, &max)
             });
             let spatial = self.spatial.as_ref().map(|conv| {
+                let factor = match &gates {
+                    Some(g) => g.iter().map(|&g| scale * g).collect(),
+                    None => vec![scale; dims.n * dims.c],
+                };
                 let mut sum = vec![0.0; dims.n * dims.pixels()];
                 let mut max = vec![0.0; sum.len()];
-                spatial_sum_max(exec, x, dims, scale, zero_point, gates.as_deref(), &mut sum, &mut max);
+                spatial_sum_max(exec, x, dims, zero_point, &factor, &mut sum, &mut max);
                 let mut maps = vec![0.0; sum.len()];
                 for ((mean, max), map) in sum.chunks_exact_mut(dims.pixels()).zip(max.chunks_exact(dims.pixels())).zip(maps.chunks_exact_mut(dims.pixels())) {
                     mean.iter_mut().for_each(|m| *m /= dims.c as f32);
@@ -106,10 +123,11 @@ impl Cbam {
                 sigmoid_in_place(exec.level, &mut maps);
                 maps
             });
-            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
-                let channel = gates.as_ref().map(|g| &g[tile.n * dims.c..][..dims.c]);
-                let spatial = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
-                apply_gates(exec.serial(), xf, tile.dims(dims.c), channel, spatial, yf);
+            let factors = output_factors(q, gates.as_deref(), dims.n * dims.c);
+            for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
+                let factor = &factors[tile.n * dims.c..][..dims.c];
+                let rows = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
+                scale_rows(exec.level, x, zero_point, factor, rows, q.output_zero_point, out);
             });
         });
     }
@@ -126,12 +144,18 @@ impl SqueezeExcite {
             let (mean, _) = channel_pool(exec, x, dims, q.input_scale, q.input_zero_point);
             let mut gates = pooled_mlp(exec.level, &mean, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
-            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
-                apply_gates(exec.serial(), xf, tile.dims(dims.c), Some(&gates[tile.n * dims.c..][..dims.c]), None, yf);
+            let factors = output_factors(q, Some(&gates), gates.len());
+            for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
+                let factor = &factors[tile.n * dims.c..][..dims.c];
+                scale_rows(exec.level, x, q.input_zero_point, factor, None, q.output_zero_point, out);
             });
         });
     }
 }
+
+/// BAM's sum fusion factors `exp(-logit)` while every logit is at most this large, as the float
+/// block does (`exp` clamps its argument beyond 86).
+const BAM_FACTOR_LIMIT: f32 = 40.0;
 
 impl Bam {
     /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation). The
@@ -145,7 +169,7 @@ impl Bam {
         exec.run(|| {
             let (mean, _) = channel_pool(exec, x, dims, scale, zero_point);
             let layers: Vec<_> = self.channel_mlp.iter().collect();
-            let channel_logits = pooled_mlp(exec.level, &mean, dims, &layers);
+            let mut channel_logits = pooled_mlp(exec.level, &mean, dims, &layers);
 
             let pixels = dims.pixels();
             let mut spatial_logits = vec![0.0; dims.n * pixels];
@@ -156,10 +180,17 @@ impl Bam {
                 self.spatial_logits(exec, &image, image_dims, logits);
             }
 
-            apply(exec, x, dims, q.input(), q.output(), out, |tile, xf, yf| {
+            let factors = self.fusion == Fusion::Sum && channel_logits.iter().chain(&spatial_logits).all(|v| v.abs() <= BAM_FACTOR_LIMIT);
+            if factors {
+                neg_exp_in_place(exec.level, &mut channel_logits);
+                neg_exp_in_place(exec.level, &mut spatial_logits);
+            }
+            let output_scale = scale / q.output_scale;
+            for_each_output_tile(exec, x, dims, out, |tile, x, out, scratch| {
                 let channel = &channel_logits[tile.n * dims.c..][..dims.c];
                 let spatial = &spatial_logits[tile.n * pixels + tile.first..][..tile.rows];
-                apply_bam(exec.serial(), xf, tile.dims(dims.c), channel, spatial, self.fusion, yf);
+                let gate = if factors { BamGate::Factors { channel, spatial } } else { BamGate::Logits { channel, spatial, fusion: self.fusion } };
+                bam_rows(exec.level, x, zero_point, output_scale, gate, q.output_zero_point, out, scratch);
             });
         });
     }

@@ -3,18 +3,20 @@
 //! pulp 0.22's generic `Simd` trait has int8 vectors for loads, stores and bit casts only: no
 //! sign extension to wider integers and no integer-to-float conversion. So these loops are
 //! plain element loops run inside [`Level::dispatch`], where they are compiled for the level's
-//! instruction set and vectorised by the compiler (none of them reduces floats, which the
-//! compiler would keep in order). Float work over a tile reuses the float kernels on a
-//! dequantized copy of the tile, small enough to stay in the L1/L2 cache.
+//! instruction set and vectorised by the compiler. The compiler keeps a float reduction in
+//! order, so the one float reduction (CBAM's spatial pooling) widens a row into an L1-resident
+//! float buffer and reduces it with pulp's vectors and four accumulators. The output pass works
+//! on the int8 values in registers: widened, converted to float, scaled by per-channel factors
+//! folded ahead of time and rounded back to int8.
 
+use crate::apply::Fusion;
 use crate::exec::Exec;
-use crate::layout::{Dims, Layout};
-use crate::pool::image_spatial_sum_max;
-use crate::simd::Level;
+use crate::layout::Dims;
+use crate::simd::{sigmoid, Level};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-/// Elements per tile dequantized into a float scratch buffer (16 KiB of floats).
+/// Elements per tile: the unit of work shared out among threads.
 const TILE_ELEMS: usize = 4096;
 
 /// Rows summed in an `i32` before the sums move to `i64`: 127 * 2^16 cannot overflow.
@@ -29,10 +31,15 @@ pub(super) fn dequantize_one(q: i8, scale: f32, zero_point: i32) -> f32 {
 /// `clamp(round_half_to_even(y / scale) + zero_point, -128, 127)`; NaN maps to the zero point.
 #[inline(always)]
 pub(super) fn quantize_one(y: f32, scale: f32, zero_point: i32) -> i8 {
+    round_to_int8(y / scale, zero_point)
+}
+
+/// `clamp(round_half_to_even(v) + zero_point, -128, 127)`; NaN maps to the zero point.
+#[inline(always)]
+fn round_to_int8(v: f32, zero_point: i32) -> i8 {
     // Clamped first (every zero point saturates a value beyond +-256 anyway), so that the
     // float-to-int conversion needs no saturation: `as i32`'s saturating conversion keeps the
     // compiler from vectorising the loop (8x slower on AVX-512).
-    let v = y / scale;
     let v = if v.is_nan() { 0.0 } else { v.clamp(-256.0, 256.0) };
     // SAFETY: `v` is finite and within +-256, so its rounded value fits an i32.
     let q = unsafe { v.round_ties_even().to_int_unchecked::<i32>() };
@@ -120,42 +127,12 @@ impl WithSimd for Dequantize<'_> {
     }
 }
 
-/// `out = quantize(y)` element-wise.
-pub(super) fn quantize(level: Level, y: &[f32], scale: f32, zero_point: i32, out: &mut [i8]) {
-    level.dispatch(Quantize { y, scale, zero_point, out });
-}
-
-struct Quantize<'a> {
-    y: &'a [f32],
-    scale: f32,
-    zero_point: i32,
-    out: &'a mut [i8],
-}
-
-impl WithSimd for Quantize<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, _simd: S) {
-        for (o, &y) in self.out.iter_mut().zip(self.y) {
-            *o = quantize_one(y, self.scale, self.zero_point);
-        }
-    }
-}
-
 /// A run of whole pixels of one image: image `n`, pixels `first..first + rows`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Tile {
     pub n: usize,
     pub first: usize,
     pub rows: usize,
-}
-
-impl Tile {
-    /// The tile as a one-image map of `rows` pixels (a 1 x rows image).
-    pub fn dims(self, c: usize) -> Dims {
-        Dims { n: 1, h: 1, w: self.rows, c, layout: Layout::ChannelsLast }
-    }
 }
 
 /// The tiles of the map, in order, each with its slice of `x` and its item of `chunks` (the
@@ -186,52 +163,209 @@ fn for_each_tile<T: Send>(exec: Exec, elems: usize, items: Vec<T>, f: impl Fn(T,
     }
 }
 
-/// Sum and max over the channels of `dequantize(x) * gate[n, c]` (gate `None`: of the
-/// dequantized map) for every pixel (`sum`, `max`: N * H * W), exactly as the float block
-/// pools its dequantized map, a tile at a time.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn spatial_sum_max(
-    exec: Exec,
-    x: &[i8],
-    dims: Dims,
-    scale: f32,
-    zero_point: i32,
-    gate: Option<&[f32]>,
-    sum: &mut [f32],
-    max: &mut [f32],
-) {
+/// Sum and max over the channels of `(x - zero_point) * factor[n, c]` for every pixel (`sum`,
+/// `max`: N * H * W); `factor` holds N * C values.
+pub(super) fn spatial_sum_max(exec: Exec, x: &[i8], dims: Dims, zero_point: i32, factor: &[f32], sum: &mut [f32], max: &mut [f32]) {
     let rows = (TILE_ELEMS / dims.c).max(1);
     // Tiles never cross images: so neither do their output chunks.
     let sums = sum.chunks_mut(dims.pixels()).flat_map(|image| image.chunks_mut(rows));
     let maxima = max.chunks_mut(dims.pixels()).flat_map(|image| image.chunks_mut(rows));
     let items = tiles(x, dims, sums.zip(maxima));
-    for_each_tile(exec, x.len(), items, |(tile, q, (sum, max)), scratch| {
-        scratch.resize(q.len(), 0.0);
-        dequantize(exec.level, q, scale, zero_point, scratch);
-        let gate = gate.map(|g| &g[tile.n * dims.c..][..dims.c]);
-        image_spatial_sum_max(exec.serial(), scratch, tile.dims(dims.c), gate, sum, max);
+    for_each_tile(exec, x.len(), items, |(tile, x, (sum, max)), scratch| {
+        let factor = &factor[tile.n * dims.c..][..dims.c];
+        exec.level.dispatch(ScaledSumMax { x, zero_point, factor, sum, max, scratch });
     });
 }
 
-/// Writes `out = quantize(f(tile, dequantize(x tile)))` for every tile, `f` writing the
-/// tile's float result into its second buffer.
-pub(super) fn apply(
+struct ScaledSumMax<'a> {
+    x: &'a [i8],
+    zero_point: i32,
+    factor: &'a [f32],
+    sum: &'a mut [f32],
+    max: &'a mut [f32],
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for ScaledSumMax<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self { x, zero_point, factor, sum, max, scratch } = self;
+        scratch.resize(factor.len(), 0.0);
+        let (factor_head, factor_tail) = S::as_simd_f32s(factor);
+        for ((row, sum), max) in x.chunks_exact(factor.len()).zip(sum).zip(max) {
+            // Widened by a loop the compiler vectorises; reduced with four vector accumulators.
+            for (w, &q) in scratch.iter_mut().zip(row) {
+                *w = (q as i32 - zero_point) as f32;
+            }
+            let (head, tail) = S::as_simd_f32s(scratch);
+            let zero = simd.splat_f32s(0.0);
+            let low = simd.splat_f32s(f32::NEG_INFINITY);
+            let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+            let (mut m0, mut m1, mut m2, mut m3) = (low, low, low, low);
+            let element = |i: usize| simd.mul_f32s(head[i], factor_head[i]);
+            let quads = head.len() / 4;
+            for q in 0..quads {
+                let i = 4 * q;
+                let (a, b, c, d) = (element(i), element(i + 1), element(i + 2), element(i + 3));
+                (s0, s1, s2, s3) = (simd.add_f32s(s0, a), simd.add_f32s(s1, b), simd.add_f32s(s2, c), simd.add_f32s(s3, d));
+                (m0, m1, m2, m3) = (simd.max_f32s(m0, a), simd.max_f32s(m1, b), simd.max_f32s(m2, c), simd.max_f32s(m3, d));
+            }
+            for i in 4 * quads..head.len() {
+                let v = element(i);
+                (s0, m0) = (simd.add_f32s(s0, v), simd.max_f32s(m0, v));
+            }
+            // The partial load fills the missing lanes with zeros, which add nothing to the sum;
+            // the tail's maximum is taken element by element.
+            let v = simd.mul_f32s(simd.partial_load_f32s(tail), simd.partial_load_f32s(factor_tail));
+            s0 = simd.add_f32s(s0, v);
+            let s = simd.add_f32s(simd.add_f32s(s0, s1), simd.add_f32s(s2, s3));
+            let m = simd.max_f32s(simd.max_f32s(m0, m1), simd.max_f32s(m2, m3));
+            *sum = simd.reduce_sum_f32s(s);
+            let tail_max = tail.iter().zip(factor_tail).fold(f32::NEG_INFINITY, |m, (&v, &f)| m.max(v * f));
+            *max = simd.reduce_max_f32s(m).max(tail_max);
+        }
+    }
+}
+
+/// Runs `f(tile, x tile, out tile, scratch)` over the map's tiles, which cover `x` and `out`
+/// alike.
+pub(super) fn for_each_output_tile(
     exec: Exec,
     x: &[i8],
     dims: Dims,
-    input: (f32, i32),
-    output: (f32, i32),
     out: &mut [i8],
-    f: impl Fn(Tile, &[f32], &mut [f32]) + Sync + Send,
+    f: impl Fn(Tile, &[i8], &mut [i8], &mut Vec<f32>) + Sync + Send,
 ) {
     let rows = (TILE_ELEMS / dims.c).max(1);
     let outs = out.chunks_mut(dims.image_len()).flat_map(|image| image.chunks_mut(rows * dims.c));
     let items = tiles(x, dims, outs);
-    for_each_tile(exec, x.len(), items, |(tile, q, out), scratch| {
-        scratch.resize(2 * q.len(), 0.0);
-        let (xf, yf) = scratch.split_at_mut(q.len());
-        dequantize(exec.level, q, input.0, input.1, xf);
-        f(tile, xf, yf);
-        quantize(exec.level, yf, output.0, output.1, out);
-    });
+    for_each_tile(exec, x.len(), items, |(tile, x, out), scratch| f(tile, x, out, scratch));
+}
+
+/// `out[p, c] = round_to_int8((x[p, c] - zero_point) * factor[c] * row_factor[p])` (row factor
+/// 1 when absent) over rows of `factor.len()` values: the output quantization's division
+/// folded into `factor`.
+pub(super) fn scale_rows(level: Level, x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, output_zero_point: i32, out: &mut [i8]) {
+    if uses_avx512(level) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `uses_avx512` checked that the CPU has AVX-512.
+        return unsafe { super::avx512::scale_rows(x, zero_point, factor, row_factor, output_zero_point, out) };
+    }
+    level.dispatch(ScaleRows { x, zero_point, factor, row_factor, output_zero_point, out });
+}
+
+/// Whether the output pass runs on [`super::avx512`]: at the AVX-512 level, on a CPU that has
+/// it (the level's existence already says so; checked again where it is relied on).
+fn uses_avx512(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return level.name() == "avx512" && super::avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+struct ScaleRows<'a> {
+    x: &'a [i8],
+    zero_point: i32,
+    factor: &'a [f32],
+    row_factor: Option<&'a [f32]>,
+    output_zero_point: i32,
+    out: &'a mut [i8],
+}
+
+impl WithSimd for ScaleRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Self { x, zero_point, factor, row_factor, output_zero_point, out } = self;
+        for (r, (row, out)) in x.chunks_exact(factor.len()).zip(out.chunks_exact_mut(factor.len())).enumerate() {
+            let g = row_factor.map_or(1.0, |s| s[r]);
+            scale_row(row, zero_point, factor, g, output_zero_point, out);
+        }
+    }
+}
+
+/// One row's int8 output: see [`scale_rows`].
+#[inline(always)]
+pub(super) fn scale_row(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) {
+    for ((o, &q), &f) in out.iter_mut().zip(row).zip(factor) {
+        *o = round_to_int8((q as i32 - zero_point) as f32 * f * g, output_zero_point);
+    }
+}
+
+/// BAM's gate for one image, from its logits: `x * (1 + sigmoid(fuse(channel[c], spatial[p])))`.
+#[derive(Clone, Copy)]
+pub(super) enum BamGate<'a> {
+    /// The logits and how they are fused.
+    Logits { channel: &'a [f32], spatial: &'a [f32], fusion: Fusion },
+    /// Sum fusion from `exp(-channel)` and `exp(-spatial)`: `1 + 1 / (1 + row * column)`.
+    Factors { channel: &'a [f32], spatial: &'a [f32] },
+}
+
+/// BAM's output for the rows of one tile: `round_to_int8((x - zero_point) * scale * gate)`,
+/// the gate row computed for each pixel into `scratch` (C values).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bam_rows(level: Level, x: &[i8], zero_point: i32, scale: f32, gate: BamGate, output_zero_point: i32, out: &mut [i8], scratch: &mut Vec<f32>) {
+    let avx512 = uses_avx512(level);
+    level.dispatch(BamRows { x, zero_point, scale, gate, output_zero_point, out, scratch, avx512 });
+}
+
+struct BamRows<'a> {
+    x: &'a [i8],
+    zero_point: i32,
+    scale: f32,
+    gate: BamGate<'a>,
+    output_zero_point: i32,
+    out: &'a mut [i8],
+    scratch: &'a mut Vec<f32>,
+    avx512: bool,
+}
+
+impl WithSimd for BamRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self { x, zero_point, scale, gate, output_zero_point, out, scratch, avx512 } = self;
+        let (BamGate::Logits { channel, spatial, .. } | BamGate::Factors { channel, spatial }) = gate;
+        scratch.resize(channel.len(), 0.0);
+        let (col_head, col_tail) = S::as_simd_f32s(channel);
+        let scale_v = simd.splat_f32s(scale);
+        for ((row, out), &s) in x.chunks_exact(channel.len()).zip(out.chunks_exact_mut(channel.len())).zip(spatial) {
+            let s_v = simd.splat_f32s(s);
+            let (gate_head, gate_tail) = S::as_mut_simd_f32s(scratch);
+            for (g, &c) in gate_head.iter_mut().zip(col_head) {
+                *g = simd.mul_f32s(scale_v, bam_gate(simd, gate, c, s_v));
+            }
+            let last = simd.mul_f32s(scale_v, bam_gate(simd, gate, simd.partial_load_f32s(col_tail), s_v));
+            simd.partial_store_f32s(gate_tail, last);
+            if avx512 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `avx512` comes from `uses_avx512`, which checked the CPU.
+                unsafe {
+                    super::avx512::scale_rows(row, zero_point, scratch, None, output_zero_point, out)
+                };
+            } else {
+                scale_row(row, zero_point, scratch, 1.0, output_zero_point, out);
+            }
+        }
+    }
+}
+
+/// `1 + sigmoid(fuse(column, row))` for every lane (see [`BamGate`]).
+#[inline(always)]
+fn bam_gate<S: Simd>(simd: S, gate: BamGate, column: S::f32s, row: S::f32s) -> S::f32s {
+    let one = simd.splat_f32s(1.0);
+    match gate {
+        BamGate::Logits { fusion, .. } => {
+            let logit = match fusion {
+                Fusion::Sum => simd.add_f32s(row, column),
+                Fusion::Product => simd.mul_f32s(row, column),
+            };
+            simd.add_f32s(one, sigmoid(simd, logit))
+        }
+        BamGate::Factors { .. } => simd.add_f32s(one, simd.div_f32s(one, simd.add_f32s(one, simd.mul_f32s(row, column)))),
+    }
 }
