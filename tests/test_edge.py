@@ -209,5 +209,11 @@ def test_fused_attention_can_name_the_block_families_to_fuse(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 6, 5, 8)).astype("float32")
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=r"`fused_attention` must be True, False or a non-empty"):
+    # A predicate on the layer: here, the block on the model's output only.
+    path = tmp_path / "se_only.tflite"
+    to_tflite(model, path, fused_attention=lambda layer: layer is model.layers[-1])
+    assert read_tflite(path).custom_ops() == ["KerasAttnSE"]
+    np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"`fused_attention` must be True, False, a non-empty"):
         to_tflite(model, tmp_path / "bad.tflite", fused_attention=["eca"])

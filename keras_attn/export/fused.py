@@ -155,9 +155,9 @@ def _bam_body(attributes):
     return body
 
 
-def _fused_call(layer, ops):
-    """The replacement `call` of a supported layer whose op is in `ops`, or None to keep its
-    own."""
+def _fused_call(layer, select):
+    """The replacement `call` of a supported layer that `select(layer, op name)` accepts, or None
+    to keep its own."""
     import tensorflow as tf
 
     from keras_attn import layers
@@ -181,7 +181,7 @@ def _fused_call(layer, ops):
         body = _bam_body(attributes)
     else:
         return None
-    if op not in ops:
+    if not select(layer, op):
         return None
     composite, config = _composite(op, attributes, body)
     constants = [tf.constant(w) for w in weights]
@@ -197,9 +197,9 @@ def _fused_call(layer, ops):
 
 
 @contextlib.contextmanager
-def fused_layers(model, ops=OP_NAMES):
-    """Within the block, the model's supported attention layers whose op is in `ops` call their
-    fused composites.
+def fused_layers(model, select=lambda layer, op: True):
+    """Within the block, the model's supported attention layers that `select(layer, op name)`
+    accepts call their fused composites.
 
     Yields the number of layers swapped. Layers inside a swapped layer are left alone; every
     swapped layer gets its own `call` back on exit.
@@ -207,7 +207,7 @@ def fused_layers(model, ops=OP_NAMES):
     swapped = []
 
     def visit(layer):
-        call = _fused_call(layer, ops)
+        call = _fused_call(layer, select)
         if call is not None:
             layer.call = call
             swapped.append(layer)

@@ -135,13 +135,15 @@ def _conversion_failure(err, quantization):
     )
 
 
-def _fused_ops(fused_attention):
-    """The custom ops `fused_attention` asks for: all for True, none for False, or those of the
-    named block families."""
-    from keras_attn.export.fused import FAMILIES, OP_NAMES
+def _fused_selection(fused_attention):
+    """`select(layer, op name)` for `fused.fused_layers` from `fused_attention`: every block for
+    True, the named block families, or the user's predicate on the layer."""
+    from keras_attn.export.fused import FAMILIES
 
-    if isinstance(fused_attention, bool):
-        return OP_NAMES if fused_attention else ()
+    if fused_attention is True:
+        return lambda layer, op: True
+    if callable(fused_attention):
+        return lambda layer, op: bool(fused_attention(layer))
     names = [fused_attention] if isinstance(fused_attention, str) else fused_attention
     try:
         names = list(names)
@@ -149,10 +151,11 @@ def _fused_ops(fused_attention):
         names = None
     if not names or any(not isinstance(n, str) or n.lower() not in FAMILIES for n in names):
         raise ValueError(
-            f"`fused_attention` must be True, False or a non-empty list of block families among "
-            f"{sorted(FAMILIES)}; got {fused_attention!r}."
+            f"`fused_attention` must be True, False, a non-empty list of block families among "
+            f"{sorted(FAMILIES)} or a callable taking a layer; got {fused_attention!r}."
         )
-    return tuple(FAMILIES[n.lower()] for n in names)
+    ops = {FAMILIES[n.lower()] for n in names}
+    return lambda layer, op: op in ops
 
 
 def to_tflite(
@@ -202,8 +205,9 @@ def to_tflite(
             buffers are 64-byte aligned as LiteRT requires. With "int8" the model is
             calibrated through those kernels and the ops take and give int8 maps (see
             `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A list of block
-            families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those and
-            keeps the others builtin. False (default): builtins only.
+            families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those, and a
+            callable `f(layer) -> bool` only the layers it accepts (e.g. those on large maps:
+            see docs/benchmarks.md); the others stay builtin. False (default): builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
@@ -240,7 +244,8 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
-    fused_ops = _fused_ops(fused_attention)
+    if fused_attention is not False:
+        select = _fused_selection(fused_attention)
     if fused_attention and quantization not in (None, "int8"):
         raise ValueError(
             f"`fused_attention=True` supports quantization=None (float32) and 'int8'; got "
@@ -260,7 +265,7 @@ def to_tflite(
 
         options["allow_custom_ops"] = True
         allowed_custom = fused.OP_NAMES
-        swap = fused.fused_layers(model, fused_ops)
+        swap = fused.fused_layers(model, select)
 
     from tensorflow.lite.python.convert_phase import ConverterError
 
