@@ -95,6 +95,9 @@ def main(argv=None):
     parser.add_argument("--quantization", nargs="+", choices=("float32", "int8"),
                         default=["float32", "int8"])
     parser.add_argument("--calibration-images", type=int, default=4)
+    parser.add_argument("--large-maps", type=int, default=28 * 28, metavar="PIXELS",
+                        help="the extra fused variant fuses only blocks on maps of at least "
+                             "this many pixels (H*W)")
     args = parser.parse_args(argv)
 
     import keras_attn
@@ -112,16 +115,23 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, args.size, args.size, 3)).astype("float32")
     calibration = rng.normal(size=(args.calibration_images, args.size, args.size, 3))
+    selections = {
+        "": False,
+        "fused": True,
+        "fused_large": lambda layer, shape: shape[1] * shape[2] >= args.large_maps,
+    }
+    kinds = {"": "builtin", "fused": "fused (keras-attn)",
+             "fused_large": f"fused on maps >= {args.large_maps} px, others builtin"}
     ms = {}
     for precision in args.quantization:
         int8 = precision == "int8"
         paths = {}
         for name, model in models.items():
-            for fused in (False, True) if name != "plain" else (False,):
-                path = os.path.join(args.out, f"{name}{'_fused' if fused else ''}_{precision}.tflite")
+            for fused in ("", "fused", "fused_large") if name != "plain" else ("",):
+                path = os.path.join(args.out, f"{name}{'_' * bool(fused)}{fused}_{precision}.tflite")
                 to_tflite(model, path, "int8" if int8 else None,
                           representative_data=calibration.astype("float32") if int8 else None,
-                          fused_attention=fused)
+                          fused_attention=selections[fused])
                 paths[(name, fused)] = path
         print(f"\nResNet-{args.depth}, {args.size}x{args.size}, batch 1, {precision}, LiteRT "
               f"CompiledModel + XNNPACK, median of {args.runs} interleaved runs (ms; overhead "
@@ -137,10 +147,10 @@ def main(argv=None):
             cells = []
             for threads in (1, 2):
                 value = ms[precision, (name, fused), threads]
-                plain = ms[precision, ("plain", False), threads]
+                plain = ms[precision, ("plain", ""), threads]
                 cells.append(f"{value:.1f}" if name == "plain" else
                              f"{value:.1f} ({100 * (value / plain - 1):+.1f}%)")
-            kind = "-" if name == "plain" else ("fused (keras-attn)" if fused else "builtin")
+            kind = "-" if name == "plain" else kinds[fused]
             print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {xnnpack_partitions(path)} | "
                   f"{cells[0]} | {cells[1]} |")
     if "float32" not in args.quantization:
@@ -158,7 +168,7 @@ def main(argv=None):
             if shape not in alone:
                 alone[shape] = _alone_ms(layer, shape, args.out, args.runs * 5)
         work = sum(alone[(1,) + tuple(layer.input.shape[1:])] for layer in layers)
-        added = ms["float32", (name, True), 1] - ms["float32", ("plain", False), 1]
+        added = ms["float32", (name, "fused"), 1] - ms["float32", ("plain", ""), 1]
         print(f"| {name.upper()} ResNet-{args.depth} | {len(layers)} | {work:.2f} | {added:.2f} | "
               f"{added - work:.2f} |")
 

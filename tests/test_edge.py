@@ -209,9 +209,12 @@ def test_fused_attention_can_name_the_block_families_to_fuse(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 6, 5, 8)).astype("float32")
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)
-    # A predicate on the layer: here, the block on the model's output only.
+    # A predicate on the layer and its input shape: here, the block on the model's output only.
     path = tmp_path / "se_only.tflite"
-    to_tflite(model, path, fused_attention=lambda layer: layer is model.layers[-1])
+    seen = []
+    to_tflite(model, path,
+              fused_attention=lambda layer, shape: seen.append(shape) or layer is model.layers[-1])
+    assert set(seen) == {(1, 6, 5, 8)}  # the export traces the model several times
     assert read_tflite(path).custom_ops() == ["KerasAttnSE"]
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)

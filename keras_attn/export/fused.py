@@ -156,8 +156,9 @@ def _bam_body(attributes):
 
 
 def _fused_call(layer, select):
-    """The replacement `call` of a supported layer that `select(layer, op name)` accepts, or None
-    to keep its own."""
+    """The replacement `call` of a supported layer, or None to keep its own. The replacement
+    calls the fused op where `select(layer, op name, input shape)` accepts the call, and the
+    layer's own `call` elsewhere."""
     import tensorflow as tf
 
     from keras_attn import layers
@@ -181,15 +182,14 @@ def _fused_call(layer, select):
         body = _bam_body(attributes)
     else:
         return None
-    if not select(layer, op):
-        return None
     composite, config = _composite(op, attributes, body)
     constants = [tf.constant(w) for w in weights]
     original = layer.call
 
     def call(inputs, training=None, return_attention_scores=False):
-        if return_attention_scores:
-            return original(inputs, training=training, return_attention_scores=True)
+        if return_attention_scores or not select(layer, op, tuple(inputs.shape)):
+            return original(inputs, training=training,
+                            return_attention_scores=return_attention_scores)
         y = composite(tf.cast(inputs, tf.float32), *constants, config)
         return tf.cast(y, inputs.dtype)
 
@@ -197,9 +197,9 @@ def _fused_call(layer, select):
 
 
 @contextlib.contextmanager
-def fused_layers(model, select=lambda layer, op: True):
-    """Within the block, the model's supported attention layers that `select(layer, op name)`
-    accepts call their fused composites.
+def fused_layers(model, select=lambda layer, op, shape: True):
+    """Within the block, the model's supported attention layers call their fused composites
+    where `select(layer, op name, input shape)` accepts the call.
 
     Yields the number of layers swapped. Layers inside a swapped layer are left alone; every
     swapped layer gets its own `call` back on exit.

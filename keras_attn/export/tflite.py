@@ -136,14 +136,14 @@ def _conversion_failure(err, quantization):
 
 
 def _fused_selection(fused_attention):
-    """`select(layer, op name)` for `fused.fused_layers` from `fused_attention`: every block for
-    True, the named block families, or the user's predicate on the layer."""
+    """`select(layer, op name, input shape)` for `fused.fused_layers` from `fused_attention`:
+    every block for True, the named block families, or the user's predicate."""
     from keras_attn.export.fused import FAMILIES
 
     if fused_attention is True:
-        return lambda layer, op: True
+        return lambda layer, op, shape: True
     if callable(fused_attention):
-        return lambda layer, op: bool(fused_attention(layer))
+        return lambda layer, op, shape: bool(fused_attention(layer, shape))
     names = [fused_attention] if isinstance(fused_attention, str) else fused_attention
     try:
         names = list(names)
@@ -155,7 +155,7 @@ def _fused_selection(fused_attention):
             f"{sorted(FAMILIES)} or a callable taking a layer; got {fused_attention!r}."
         )
     ops = {FAMILIES[n.lower()] for n in names}
-    return lambda layer, op: op in ops
+    return lambda layer, op, shape: op in ops
 
 
 def to_tflite(
@@ -206,8 +206,8 @@ def to_tflite(
             calibrated through those kernels and the ops take and give int8 maps (see
             `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A list of block
             families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those, and a
-            callable `f(layer) -> bool` only the layers it accepts (e.g. those on large maps:
-            see docs/benchmarks.md); the others stay builtin. False (default): builtins only.
+            callable `f(layer, input_shape) -> bool` only the blocks it accepts (e.g. those on
+            large maps: see docs/benchmarks.md); the others stay builtin. False (default): builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
