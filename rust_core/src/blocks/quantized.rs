@@ -25,7 +25,7 @@ use crate::apply::Fusion;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use crate::simd::{neg_exp_in_place, sigmoid_in_place};
-use kernels::{bam_rows, channel_pool, dequantize_one, for_each_output_tile, quantize_one, scale_rows, spatial_sum_max, BamGate};
+use kernels::{bam_rows, channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max, BamGate};
 
 /// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,10 +124,11 @@ impl Cbam {
                 maps
             });
             let factors = output_factors(q, gates.as_deref(), dims.n * dims.c);
+            let in_range = in_range(&factors, spatial.as_deref().unwrap_or(&[1.0]));
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
                 let rows = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
-                scale_rows(exec.level, x, zero_point, factor, rows, q.output_zero_point, out);
+                scale_rows(exec.level, x, zero_point, factor, rows, in_range, q.output_zero_point, out);
             });
         });
     }
@@ -145,9 +146,10 @@ impl SqueezeExcite {
             let mut gates = pooled_mlp(exec.level, &mean, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
             let factors = output_factors(q, Some(&gates), gates.len());
+            let in_range = in_range(&factors, &[1.0]);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
-                scale_rows(exec.level, x, q.input_zero_point, factor, None, q.output_zero_point, out);
+                scale_rows(exec.level, x, q.input_zero_point, factor, None, in_range, q.output_zero_point, out);
             });
         });
     }
@@ -186,11 +188,13 @@ impl Bam {
                 neg_exp_in_place(exec.level, &mut spatial_logits);
             }
             let output_scale = scale / q.output_scale;
+            let finite = channel_logits.iter().chain(&spatial_logits).all(|v| v.is_finite());
+            let in_range = finite && in_range(&[2.0 * output_scale], &[1.0]);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, scratch| {
                 let channel = &channel_logits[tile.n * dims.c..][..dims.c];
                 let spatial = &spatial_logits[tile.n * pixels + tile.first..][..tile.rows];
                 let gate = if factors { BamGate::Factors { channel, spatial } } else { BamGate::Logits { channel, spatial, fusion: self.fusion } };
-                bam_rows(exec.level, x, zero_point, output_scale, gate, q.output_zero_point, out, scratch);
+                bam_rows(exec.level, x, zero_point, output_scale, gate, in_range, q.output_zero_point, out, scratch);
             });
         });
     }

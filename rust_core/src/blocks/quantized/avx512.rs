@@ -1,4 +1,6 @@
-//! The output pass with AVX-512 intrinsics. Compiled for AVX-512, the element loop of
+//! CBAM's spatial pooling and the output pass with AVX-512 intrinsics.
+//!
+//! Output: compiled for AVX-512, the element loop of
 //! [`scale_row`] narrows every 16 results with a memory-destination `vpmovsdb`, which on
 //! AMD Zen 4 costs several cycles each and made the pass compute-bound (140 us at
 //! 1x56x56x256); here four vectors of results are packed with two saturating packs and one
@@ -19,9 +21,8 @@ pub(super) fn available() -> bool {
 /// # Safety
 /// The CPU must support AVX-512 F and BW (see [`available`]).
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, output_zero_point: i32, out: &mut [i8]) {
+pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, out: &mut [i8]) {
     let c = factor.len();
-    let in_range = in_range(factor, row_factor.unwrap_or(&[1.0]));
     for (r, (row, out)) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
         let g = row_factor.map_or(1.0, |s| s[r]);
         let done = if in_range {
@@ -33,19 +34,8 @@ pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_f
     }
 }
 
-/// Whether every `(x - zero_point) * factor[c] * row_factor[r]` is a finite number of
-/// magnitude below 2^24, whatever the int8 values: then rounding it cannot overflow an `i32`
-/// and the clamping and NaN handling can be left to the saturating packs.
-fn in_range(factor: &[f32], row_factor: &[f32]) -> bool {
-    let largest = |v: &[f32]| v.iter().try_fold(0.0f32, |m, &v| v.is_finite().then(|| m.max(v.abs())));
-    match (largest(factor), largest(row_factor)) {
-        (Some(f), Some(g)) => 256.0 * f as f64 * g as f64 * (1.0 + 1e-6) < (1 << 24) as f64,
-        _ => false,
-    }
-}
-
 /// The leading whole blocks of 64 elements of one row; returns how many elements it wrote.
-/// `CHECKED`: the results may be NaN or out of range (see [`in_range`]).
+/// `CHECKED`: the results may be NaN or out of range (see [`super::kernels::in_range`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) -> usize {
@@ -75,4 +65,45 @@ fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(64 * b).cast(), _mm512_permutexvar_epi32(order, packed)) };
     }
     64 * blocks
+}
+
+/// [`super::kernels::spatial_sum_max`]'s per-pixel reduction on AVX-512: for every row of
+/// `factor.len()` values, the sum and max of `(x - zero_point) * factor[c]`, widened in
+/// registers (the portable path widens a row into a float buffer first).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW (see [`available`]).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn scaled_sum_max(x: &[i8], zero_point: i32, factor: &[f32], sum: &mut [f32], max: &mut [f32]) {
+    let c = factor.len();
+    let zp = _mm512_set1_epi32(zero_point);
+    let vectors = c / 16;
+    let element = |row: &[i8], i: usize| {
+        // SAFETY: callers pass i + 16 <= 16 * vectors <= c, the length of `row` and `factor`.
+        let (q, f) = unsafe { (_mm_loadu_si128(row.as_ptr().add(i).cast()), _mm512_loadu_ps(factor.as_ptr().add(i))) };
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp)), f)
+    };
+    for ((row, sum), max) in x.chunks_exact(c).zip(sum).zip(max) {
+        // Four accumulators of each, so that the additions do not wait on one another.
+        let mut s = [_mm512_setzero_ps(); 4];
+        let mut m = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        for quad in 0..vectors / 4 {
+            for k in 0..4 {
+                let v = element(row, 64 * quad + 16 * k);
+                (s[k], m[k]) = (_mm512_add_ps(s[k], v), _mm512_max_ps(m[k], v));
+            }
+        }
+        for i in (vectors / 4 * 4..vectors).map(|v| 16 * v) {
+            let v = element(row, i);
+            (s[0], m[0]) = (_mm512_add_ps(s[0], v), _mm512_max_ps(m[0], v));
+        }
+        let total = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+        let largest = _mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3]));
+        (*sum, *max) = (_mm512_reduce_add_ps(total), _mm512_reduce_max_ps(largest));
+        for (&q, &f) in row[16 * vectors..].iter().zip(&factor[16 * vectors..]) {
+            let v = (q as i32 - zero_point) as f32 * f;
+            *sum += v;
+            *max = max.max(v);
+        }
+    }
 }

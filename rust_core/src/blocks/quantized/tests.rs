@@ -11,7 +11,7 @@
 //! values are ties. The tests check that every output off by one is at a tie of the float
 //! block's own output.
 
-use super::kernels::{channel_pool, dequantize_one, quantize_one, scale_rows};
+use super::kernels::{channel_pool, dequantize_one, in_range, quantize_one, scale_rows, spatial_sum_max};
 use crate::simd::Level;
 use super::*;
 use crate::apply::Fusion;
@@ -182,7 +182,9 @@ fn the_output_pass_is_the_same_on_every_level() {
         for ((zp, zp_out), factor) in [(-128, 127), (127, -128), (3, -5)].into_iter().flat_map(|z| [(z, &finite), (z, &special)]) {
             for row_factor in [None, Some(&row_factor[..])] {
                 let mut want = vec![0; x.len()];
-                scale_rows(Level::SCALAR, &x, zp, factor, row_factor, zp_out, &mut want);
+                let in_range = in_range(factor, row_factor.unwrap_or(&[1.0]));
+                assert_eq!(in_range, factor == &finite);
+                scale_rows(Level::SCALAR, &x, zp, factor, row_factor, in_range, zp_out, &mut want);
                 let expected: Vec<i8> = (0..x.len())
                     .map(|i| quantize_one((x[i] as i32 - zp) as f32 * factor[i % c] * row_factor.map_or(1.0, |s| s[i / c]), 1.0, zp_out))
                     .collect();
@@ -190,8 +192,37 @@ fn the_output_pass_is_the_same_on_every_level() {
                 assert!(c < 17 || (want.contains(&127) && want.contains(&-128)));
                 for level in Level::available() {
                     let mut got = vec![0; x.len()];
-                    scale_rows(level, &x, zp, factor, row_factor, zp_out, &mut got);
+                    scale_rows(level, &x, zp, factor, row_factor, in_range, zp_out, &mut got);
                     assert_eq!(got, want, "{} c = {c} zero points {zp} {zp_out}", level.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn spatial_pooling_matches_f64_on_every_level() {
+    // Row lengths around the AVX-512 path's blocks of 4 x 16 values, with 16-value and shorter
+    // tails; zero points at both ends.
+    for c in [1, 17, 64, 100, 293] {
+        let dims = Dims { n: 2, h: 3, w: 5, c, layout: Layout::ChannelsLast };
+        let x = int8(dims.len(), c as u64 + 7);
+        let factor = data(dims.n * c, 8);
+        for zp in [-128, 127, 3] {
+            let rows: Vec<Vec<f64>> = x
+                .chunks_exact(c)
+                .enumerate()
+                .map(|(p, row)| row.iter().enumerate().map(|(j, &q)| (q as i32 - zp) as f64 * factor[p / dims.pixels() * c + j] as f64).collect())
+                .collect();
+            for exec in execs() {
+                let (mut sum, mut max) = (vec![0.0; dims.n * dims.pixels()], vec![0.0; dims.n * dims.pixels()]);
+                spatial_sum_max(exec, &x, dims, zp, &factor, &mut sum, &mut max);
+                for (p, row) in rows.iter().enumerate() {
+                    let want_sum: f64 = row.iter().sum();
+                    let want_max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let scale: f64 = row.iter().map(|v| v.abs()).sum();
+                    assert!((sum[p] as f64 - want_sum).abs() <= 1e-6 * scale, "{} c = {c} zp = {zp} [{p}]: sum {} want {want_sum}", exec.level.name(), sum[p]);
+                    assert!((max[p] as f64 - want_max).abs() <= 1e-6 * want_max.abs(), "{} c = {c} zp = {zp} [{p}]: max {} want {want_max}", exec.level.name(), max[p]);
                 }
             }
         }
