@@ -108,7 +108,19 @@ impl WithSimd for SumMax<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        for row in self.x.chunks_exact(self.sum.len()) {
+        let c = self.sum.len();
+        // Four rows at a time: the sums and maxima are loaded and stored once per four rows.
+        let quads = self.x.chunks_exact(4 * c);
+        let rest = quads.remainder();
+        for quad in quads {
+            let (r0, r1, r2, r3) = (&quad[..c], &quad[c..2 * c], &quad[2 * c..3 * c], &quad[3 * c..]);
+            for j in 0..c {
+                let (a, b, d, e) = (r0[j], r1[j], r2[j], r3[j]);
+                self.sum[j] += (a as i32 + b as i32) + (d as i32 + e as i32);
+                self.max[j] = self.max[j].max(a.max(b).max(d.max(e)));
+            }
+        }
+        for row in rest.chunks_exact(c) {
             for ((s, m), &v) in self.sum.iter_mut().zip(self.max.iter_mut()).zip(row) {
                 *s += v as i32;
                 *m = (*m).max(v);
