@@ -12,6 +12,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod bam_rows;
 #[cfg(test)]
 mod bench;
 mod kernels;
@@ -25,7 +26,8 @@ use crate::apply::Fusion;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use crate::simd::{neg_exp_in_place, sigmoid_in_place};
-use kernels::{bam_rows, channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max, BamGate};
+use bam_rows::{bam_rows, BamGate};
+use kernels::{channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max};
 
 /// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
