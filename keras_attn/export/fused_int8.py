@@ -27,7 +27,8 @@ from keras_attn.export.flatbuffer import _schema, flatbuffer_utils
 from keras_attn.export.fused import OP_NAMES, align_buffers
 
 _FLOAT32, _INT8 = _schema.TensorType.FLOAT32, _schema.TensorType.INT8
-# The int8 variant's extra attributes, in the order of its quantization input.
+# The int8 variant's extra attributes, in the order of its quantization input; must match
+# rust_core/src/litert/ops.rs (QUANTIZATION_KEYS).
 QUANTIZATION_KEYS = ("input_scale", "input_zero_point", "output_scale", "output_zero_point")
 
 
@@ -157,7 +158,7 @@ def fold_quantization(model_bytes):
         op.inputs = np.array([x_int8] + inputs[1:-1] + [len(tensors) - 1, inputs[-1]], np.int32)
         op.outputs = np.array([y_int8], np.int32)
         attributes = flexbuffers.Loads(bytes(op.customOptions))
-        attributes.update(zip(QUANTIZATION_KEYS, (values[0], values[1], values[2], values[3])))
+        attributes.update(zip(QUANTIZATION_KEYS, values))
         op.customOptions = np.frombuffer(bytes(flexbuffers.Dumps(attributes)), np.uint8)
         removed.add(readers[0])
         if consumers.get(x_float) == [k] and x_float not in graph_io:
