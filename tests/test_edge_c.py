@@ -47,3 +47,13 @@ def test_c_example_runs_a_fused_model(tmp_path):
     want = edge.Runtime(path, threads=1)(x)
     np.testing.assert_allclose(printed, want.ravel(), atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(want, np.asarray(model(x, training=False)), atol=1e-5, rtol=0)
+
+    # The same C function registers the int8 kernels: an int8 model with float I/O runs as is.
+    path = str(tmp_path / "fused_int8.tflite")
+    data = np.random.default_rng(0).normal(size=(8, 7, 9, 5)).astype(np.float32)
+    to_tflite(model, path, "int8", representative_data=data, fused_attention=True, batch_size=2)
+    result = subprocess.run([str(program), path, "1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = np.array([float(v) for v in result.stdout.split()], np.float32)
+    np.testing.assert_allclose(printed, edge.Runtime(path, threads=1)(x).ravel(), atol=1e-6,
+                               rtol=1e-6)

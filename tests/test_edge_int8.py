@@ -13,6 +13,7 @@ from keras_attn import edge  # noqa: E402
 from keras_attn.export import LiteRTModel, read_tflite, to_tflite  # noqa: E402
 from keras_attn.export import fused_int8  # noqa: E402
 from keras_attn.export.flatbuffer import flatbuffer_utils  # noqa: E402
+from keras_attn.export.fused import align_buffers  # noqa: E402
 
 BLOCKS = {
     "cbam_batch2": (lambda: keras_attn.CBAM(reduction_ratio=2), (9, 11, 6), 2),
@@ -139,3 +140,23 @@ def test_calibration_records_the_keras_ranges(tmp_path):
     np.testing.assert_allclose([output.min[0], output.max[0]], [want.min(), want.max()],
                                rtol=0, atol=1e-5)
     np.testing.assert_array_equal([inputs.min[0], inputs.max[0]], [data.min(), data.max()])
+
+
+def test_malformed_int8_attributes_are_rejected_at_compile(tmp_path):
+    from flatbuffers import flexbuffers
+
+    make, shape, batch = BLOCKS["se"]
+    path = tmp_path / "se.tflite"
+    to_tflite(_block_model(make, shape, batch), path, "int8", representative_data=_calibration(shape),
+              io_dtype="int8", fused_attention=True, batch_size=batch)
+    fbu = flatbuffer_utils()
+    model = fbu.read_model_from_bytearray(bytearray(path.read_bytes()))
+    op = next(o for o in model.subgraphs[0].operators
+              if model.operatorCodes[o.opcodeIndex].customCode)
+    options = flexbuffers.Loads(bytes(op.customOptions))
+    options["output_scale"] = -1.0
+    op.customOptions = list(flexbuffers.Dumps(options))
+    bad = tmp_path / "negative_scale.tflite"
+    bad.write_bytes(align_buffers(bytes(fbu.convert_object_to_bytearray(model))))
+    with pytest.raises(ValueError, match="KerasAttnSE: .*output_scale"):
+        edge.Runtime(bad)
