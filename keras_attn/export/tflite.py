@@ -152,7 +152,7 @@ def _fused_selection(fused_attention):
     if not names or any(not isinstance(n, str) or n.lower() not in FAMILIES for n in names):
         raise ValueError(
             f"`fused_attention` must be True, False, a non-empty list of block families among "
-            f"{sorted(FAMILIES)} or a callable taking a layer; got {fused_attention!r}."
+            f"{sorted(FAMILIES)} or a callable f(layer, input_shape); got {fused_attention!r}."
         )
     ops = {FAMILIES[n.lower()] for n in names}
     return lambda layer, op, shape: op in ops
@@ -207,7 +207,8 @@ def to_tflite(
             `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A list of block
             families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those, and a
             callable `f(layer, input_shape) -> bool` only the blocks it accepts (e.g. those on
-            large maps: see docs/benchmarks.md); the others stay builtin. False (default): builtins only.
+            large maps: see docs/benchmarks.md); the others stay builtin. False (default):
+            builtins only.
 
     Returns:
         A `TFLiteReport` with the path, size in bytes and op counts.
@@ -244,8 +245,7 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
-    if fused_attention is not False:
-        select = _fused_selection(fused_attention)
+    select = None if fused_attention is False else _fused_selection(fused_attention)
     if fused_attention and quantization not in (None, "int8"):
         raise ValueError(
             f"`fused_attention=True` supports quantization=None (float32) and 'int8'; got "
