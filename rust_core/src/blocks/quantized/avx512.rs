@@ -1,4 +1,4 @@
-//! CBAM's spatial pooling and the output pass with AVX-512 intrinsics.
+//! The channel pooling, CBAM's spatial pooling and the output pass with AVX-512 intrinsics.
 //!
 //! Output: compiled for AVX-512, the element loop of
 //! [`scale_row`] narrows every 16 results with a memory-destination `vpmovsdb`, which on
@@ -105,5 +105,77 @@ pub(super) unsafe fn scaled_sum_max(x: &[i8], zero_point: i32, factor: &[f32], s
             *sum += v;
             *max = max.max(v);
         }
+    }
+}
+
+/// Rows summed in `i16` lanes before the sums move to the `i32` totals: 256 * -128 = -32768 and
+/// 256 * 127 still fit.
+const I16_ROWS: usize = 256;
+
+/// [`super::kernels`]' channel pooling on AVX-512: adds the column sums of the rows (`sum.len()`
+/// long) of `x` to `sum` and their maxima into `max`. Strips of up to 256 columns are kept in
+/// registers: the sums in `i16` lanes for up to [`I16_ROWS`] rows (two additions per 64 int8
+/// values, where widening to `i32` took four), the maxima on all 64 int8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL (see [`available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn sum_max(x: &[i8], sum: &mut [i32], max: &mut [i8]) {
+    let c = sum.len().min(max.len());
+    for first in (0..c).step_by(256) {
+        let width = (c - first).min(256);
+        match width.div_ceil(64) {
+            1 => sum_max_strip::<1>(x, c, first, width, sum, max),
+            2 => sum_max_strip::<2>(x, c, first, width, sum, max),
+            3 => sum_max_strip::<3>(x, c, first, width, sum, max),
+            _ => sum_max_strip::<4>(x, c, first, width, sum, max),
+        }
+    }
+}
+
+/// [`sum_max`] over the columns `first..first + width` (`N` vectors of 64 of them, the last
+/// one masked).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn sum_max_strip<const N: usize>(x: &[i8], c: usize, first: usize, width: usize, sum: &mut [i32], max: &mut [i8]) {
+    assert!(width <= 64 * N && first + width <= sum.len().min(max.len()) && sum.len() == c);
+    // The columns of vector k present in the strip, one bit each.
+    let masks: [u64; N] = core::array::from_fn(|k| match width.saturating_sub(64 * k) {
+        w if w >= 64 => u64::MAX,
+        w => (1u64 << w) - 1,
+    });
+    let rows = x.len() / c;
+    let base = x.as_ptr();
+    // SAFETY (loads and stores below): masked lanes are not accessed; the unmasked bytes of
+    // vector k in row r are columns first + 64k + j < first + width <= c of that row, within
+    // `x` since r < rows = x.len() / c; of `sum` and `max` likewise within their `c` values.
+    let mut largest: [__m512i; N] = core::array::from_fn(|k| unsafe { _mm512_maskz_loadu_epi8(masks[k], max.as_ptr().add(first + 64 * k)) });
+    for block in (0..rows).step_by(I16_ROWS) {
+        let mut sums = [[_mm512_setzero_si512(); 2]; N];
+        for r in block..(block + I16_ROWS).min(rows) {
+            for k in 0..N {
+                let p = unsafe { base.add(r * c + first + 64 * k) };
+                let (low, high) = (masks[k] as u32, (masks[k] >> 32) as u32);
+                let v = unsafe { _mm512_maskz_loadu_epi8(masks[k], p) };
+                largest[k] = _mm512_max_epi8(largest[k], v);
+                let (a, b) = unsafe { (_mm256_maskz_loadu_epi8(low, p), _mm256_maskz_loadu_epi8(high, p.add(32))) };
+                sums[k][0] = _mm512_add_epi16(sums[k][0], _mm512_cvtepi8_epi16(a));
+                sums[k][1] = _mm512_add_epi16(sums[k][1], _mm512_cvtepi8_epi16(b));
+            }
+        }
+        for (k, halves) in sums.iter().enumerate() {
+            for (h, &half) in halves.iter().enumerate() {
+                for (j, part) in [_mm512_castsi512_si256(half), _mm512_extracti64x4_epi64::<1>(half)].into_iter().enumerate() {
+                    let offset = 64 * k + 32 * h + 16 * j;
+                    let mask = (masks[k] >> (32 * h + 16 * j)) as u16;
+                    let p = unsafe { sum.as_mut_ptr().add(first + offset) };
+                    let total = _mm512_add_epi32(unsafe { _mm512_maskz_loadu_epi32(mask, p) }, _mm512_cvtepi16_epi32(part));
+                    unsafe { _mm512_mask_storeu_epi32(p, mask, total) };
+                }
+            }
+        }
+    }
+    for (k, &v) in largest.iter().enumerate() {
+        unsafe { _mm512_mask_storeu_epi8(max.as_mut_ptr().add(first + 64 * k), masks[k], v) };
     }
 }

@@ -8,7 +8,8 @@
 //! float buffer and reduces it with pulp's vectors and four accumulators. The output pass works
 //! on the int8 values in registers: widened, converted to float, scaled by per-channel factors
 //! folded ahead of time and rounded back to int8. On AVX-512 (the deployment target) the
-//! spatial pooling and the output pass use intrinsics instead (see [`super::avx512`]).
+//! channel pooling, the spatial pooling and the output pass use intrinsics instead (see
+//! [`super::avx512`]).
 
 use crate::exec::Exec;
 use crate::layout::Dims;
@@ -90,7 +91,15 @@ fn sum_max(level: Level, x: &[i8], c: usize) -> (Vec<i64>, Vec<i8>) {
     let mut sum = vec![0i32; c];
     for block in x.chunks(I32_ROWS * c) {
         sum.fill(0);
-        level.dispatch(SumMax { x: block, sum: &mut sum, max: &mut max });
+        if uses_avx512(level) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `uses_avx512` checked that the CPU has AVX-512.
+            unsafe {
+                super::avx512::sum_max(block, &mut sum, &mut max)
+            };
+        } else {
+            level.dispatch(SumMax { x: block, sum: &mut sum, max: &mut max });
+        }
         total.iter_mut().zip(&sum).for_each(|(t, &s)| *t += s as i64);
     }
     (total, max)
