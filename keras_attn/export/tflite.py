@@ -278,7 +278,7 @@ def to_tflite(
         except ConverterError as err:
             raise _conversion_failure(err, quantization) from err
         with open(tmp, "rb") as f:
-            data = f.read()
+            exported = data = f.read()
         if fused_int8:
             from keras_attn.export import fused_int8 as int8
 
@@ -290,8 +290,9 @@ def to_tflite(
             data, _ = int8.fold_quantization(data)
         if fused_attention:
             data = fused.align_buffers(data)
-        with open(tmp, "wb") as f:
-            f.write(data)
+        if data != exported:  # rewrite only what post-processing changed
+            with open(tmp, "wb") as f:
+                f.write(data)
         graph = read_tflite(tmp)
         if set(graph.custom_ops()) - set(allowed_custom):
             raise ValueError(
