@@ -3,13 +3,16 @@
 
 use crate::exec::Exec;
 use pulp::{Simd, WithSimd};
-use rayon::prelude::*;
 
 /// The sum of `x` (in no particular order), read once, split evenly over `exec.threads`.
 pub fn read_sum(exec: Exec, x: &[f32]) -> f32 {
     exec.run(|| {
         if exec.threads > 1 && !x.is_empty() {
-            x.par_chunks(x.len().div_ceil(exec.threads)).map(|part| exec.level.dispatch(ReadSum(part))).sum()
+            exec.map(x.chunks(x.len().div_ceil(exec.threads)).collect(), |part| {
+                exec.level.dispatch(ReadSum(part))
+            })
+            .into_iter()
+            .sum()
         } else {
             exec.level.dispatch(ReadSum(x))
         }
@@ -35,7 +38,9 @@ impl WithSimd for ReadSum<'_> {
         for v in rest {
             acc[0] = simd.add_f32s(acc[0], *v);
         }
-        let total = acc.iter().fold(simd.splat_f32s(0.0), |s, a| simd.add_f32s(s, *a));
+        let total = acc
+            .iter()
+            .fold(simd.splat_f32s(0.0), |s, a| simd.add_f32s(s, *a));
         simd.reduce_sum_f32s(total) + tail.iter().sum::<f32>()
     }
 }
@@ -50,7 +55,12 @@ mod tests {
         for len in [0, 1, 17, 1000, 1 << 17] {
             let x = vec![1.0f32; len];
             for exec in execs() {
-                assert_eq!(read_sum(exec, &x), len as f32, "{len} {}", exec.level.name());
+                assert_eq!(
+                    read_sum(exec, &x),
+                    len as f32,
+                    "{len} {}",
+                    exec.level.name()
+                );
             }
         }
     }

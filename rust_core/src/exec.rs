@@ -1,18 +1,16 @@
 //! How a kernel call runs: which SIMD level and on how many threads.
 //!
-//! Work is split with rayon only above [`MIN_PARALLEL_ELEMS`], where the cost of waking a
-//! thread is small against the work and one core no longer has the bandwidth to itself. Each
-//! thread count gets one rayon pool, built on first use and kept for the life of the process.
+//! A call with more than one thread runs on the calling thread with a [`Team`] of workers (see
+//! `team.rs` for why not rayon): [`Exec::run`] opens the team's region for the whole call, and
+//! each pass of the call shares out its parts with [`Exec::map`]. Work is split only above
+//! [`MIN_PARALLEL_ELEMS`], where a pass is long against the ~1 µs it costs to share it out.
 
 use crate::simd::Level;
-use rayon::ThreadPool;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use crate::team::Team;
+use std::sync::Mutex;
 
-/// Below this many input elements (4 MiB of floats) a kernel runs on the calling thread: on the
-/// 2-core benchmark machine, maps that fit in the L3 cache are read as fast by one core as by
-/// two, and waking a second thread only adds its latency (see docs/benchmarks.md).
-pub const MIN_PARALLEL_ELEMS: usize = 1 << 20;
+/// Passes over fewer input elements (64 KiB of floats) run on the calling thread alone.
+pub const MIN_PARALLEL_ELEMS: usize = 1 << 14;
 
 /// The SIMD level and thread count of a kernel call.
 #[derive(Clone, Copy, Debug)]
@@ -24,12 +22,18 @@ pub struct Exec {
 impl Exec {
     /// `threads = None` means every core.
     pub fn new(level: Level, threads: Option<usize>) -> Exec {
-        Exec { level, threads: threads.unwrap_or_else(all_cores).max(1) }
+        Exec {
+            level,
+            threads: threads.unwrap_or_else(all_cores).max(1),
+        }
     }
 
     /// One thread at the active SIMD level.
     pub fn single() -> Exec {
-        Exec { level: Level::active(), threads: 1 }
+        Exec {
+            level: Level::active(),
+            threads: 1,
+        }
     }
 
     /// The same level on one thread (for work inside an already parallel loop).
@@ -42,45 +46,79 @@ impl Exec {
         self.threads > 1 && elems >= MIN_PARALLEL_ELEMS
     }
 
-    /// Runs `f` inside this call's thread pool (directly when single-threaded), so rayon's
-    /// `join` and parallel iterators inside it use `threads` threads.
-    pub fn run<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
-        match (self.threads > 1).then(|| pool(self.threads)).flatten() {
-            Some(pool) => pool.install(f),
-            // One thread asked for, or the OS refused to start threads: run here.
+    fn team(self) -> Option<&'static Team> {
+        (self.threads > 1)
+            .then(|| Team::get(self.threads))
+            .flatten()
+    }
+
+    /// Runs `f` on this thread with this call's team ready, so that the passes inside it
+    /// ([`Exec::map`]) share their parts without waking the workers each time.
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        match self.team() {
+            Some(team) => team.region(f),
             None => f(),
         }
+    }
+
+    /// `f(part)` for every part, results in order: shared among the threads (this one
+    /// included) when there are several threads and parts, in order on this thread otherwise.
+    pub fn map<T: Send, R: Send>(self, parts: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+        let team = match self.team() {
+            Some(team) if parts.len() > 1 => team,
+            _ => return parts.into_iter().map(f).collect(),
+        };
+        let slots: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        let results: Vec<Mutex<Option<R>>> = slots.iter().map(|_| Mutex::new(None)).collect();
+        let chunk = |i: usize| {
+            let part = slots[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("each part runs once");
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(part));
+        };
+        team.region(|| team.run(slots.len(), &chunk));
+        results
+            .into_iter()
+            .map(|r| {
+                r.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expect("every part ran")
+            })
+            .collect()
     }
 
     /// Runs `f(item, exec)` for every item: in parallel over the items when there are at least
     /// as many as threads and the work (`elems_per_item` each) is large enough, each item then
     /// single-threaded; otherwise in order, each item free to split its own work.
-    pub fn for_each<T: Send>(self, items: Vec<T>, elems_per_item: usize, f: impl Fn(T, Exec) + Sync + Send) {
-        use rayon::prelude::*;
+    pub fn for_each<T: Send>(
+        self,
+        items: Vec<T>,
+        elems_per_item: usize,
+        f: impl Fn(T, Exec) + Sync + Send,
+    ) {
         if items.len() >= self.threads && self.splits(items.len() * elems_per_item) {
             let serial = self.serial();
-            items.into_par_iter().for_each(|item| f(item, serial));
+            self.map(items, |item| f(item, serial));
         } else {
             items.into_iter().for_each(|item| f(item, self));
         }
+    }
+
+    /// `len` split into about `4 * threads` ranges of whole multiples of `unit` (the last one
+    /// shorter), for passes that share out rows.
+    pub fn ranges(self, len: usize, unit: usize) -> Vec<std::ops::Range<usize>> {
+        let units = len.div_ceil(unit.max(1));
+        let per_part = units.div_ceil(4 * self.threads).max(1) * unit.max(1);
+        (0..len)
+            .step_by(per_part)
+            .map(|start| start..(start + per_part).min(len))
+            .collect()
     }
 }
 
 /// The number of cores this process may use.
 pub fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn pool(threads: usize) -> Option<Arc<ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pool) = pools.get(&threads) {
-        return Some(pool.clone());
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("keras-attn-{i}"))
-        .build()
-        .ok()?;
-    Some(pools.entry(threads).or_insert(Arc::new(pool)).clone())
 }

@@ -9,6 +9,7 @@ pub mod layout;
 pub mod litert;
 pub mod pool;
 pub mod simd;
+pub mod team;
 
 #[cfg(feature = "python")]
 mod python;
