@@ -19,34 +19,15 @@ pub enum Fusion {
 
 /// `out = (x * channel[n, c]) * spatial[n, h, w]`; `channel` holds N * C values, `spatial`
 /// N * H * W; an absent gate counts as 1.
-pub fn apply_gates(
-    exec: Exec,
-    x: &[f32],
-    dims: Dims,
-    channel: Option<&[f32]>,
-    spatial: Option<&[f32]>,
-    out: &mut [f32],
-) {
+pub fn apply_gates(exec: Exec, x: &[f32], dims: Dims, channel: Option<&[f32]>, spatial: Option<&[f32]>, out: &mut [f32]) {
     check(x, dims, channel.into_iter().chain(spatial), out);
     exec.run(|| {
         per_image(exec, x, dims, out, |exec, n, x, out| {
             let channel = channel.map(|g| &g[n * dims.c..][..dims.c]);
             let spatial = spatial.map(|s| &s[n * dims.pixels()..][..dims.pixels()]);
             let (rows, cols, combine) = match dims.layout {
-                Layout::ChannelsLast => (
-                    spatial,
-                    channel,
-                    Combine::Scale {
-                        channel_is_row: false,
-                    },
-                ),
-                Layout::ChannelsFirst => (
-                    channel,
-                    spatial,
-                    Combine::Scale {
-                        channel_is_row: true,
-                    },
-                ),
+                Layout::ChannelsLast => (spatial, channel, Combine::Scale { channel_is_row: false }),
+                Layout::ChannelsFirst => (channel, spatial, Combine::Scale { channel_is_row: true }),
             };
             image(exec, x, dims, rows, cols, combine, out);
         })
@@ -66,11 +47,7 @@ pub fn apply_bam(
     check(x, dims, [channel_logits, spatial_logits], out);
     // With sum fusion, exp(-(c + s)) = exp(-c) exp(-s): two small exponentials per image
     // instead of one per element. Exact while |c| and |s| stay inside exp's unclamped range.
-    let factor = fusion == Fusion::Sum
-        && channel_logits
-            .iter()
-            .chain(spatial_logits)
-            .all(|v| v.abs() <= FACTOR_LIMIT);
+    let factor = fusion == Fusion::Sum && channel_logits.iter().chain(spatial_logits).all(|v| v.abs() <= FACTOR_LIMIT);
     exec.run(|| {
         per_image(exec, x, dims, out, |exec, n, x, out| {
             let mut channel = channel_logits[n * dims.c..][..dims.c].to_vec();
@@ -98,65 +75,27 @@ fn check<'a>(x: &[f32], dims: Dims, gates: impl IntoIterator<Item = &'a [f32]>, 
     }
 }
 
-fn per_image(
-    exec: Exec,
-    x: &[f32],
-    dims: Dims,
-    out: &mut [f32],
-    f: impl Fn(Exec, usize, &[f32], &mut [f32]) + Sync + Send,
-) {
+fn per_image(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32], f: impl Fn(Exec, usize, &[f32], &mut [f32]) + Sync + Send) {
     if dims.is_empty() {
         return;
     }
-    let images: Vec<_> = x
-        .chunks_exact(dims.image_len())
-        .zip(out.chunks_exact_mut(dims.image_len()))
-        .enumerate()
-        .collect();
-    exec.for_each(images, dims.image_len(), |(n, (x, out)), exec| {
-        f(exec, n, x, out)
-    });
+    let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(out.chunks_exact_mut(dims.image_len())).enumerate().collect();
+    exec.for_each(images, dims.image_len(), |(n, (x, out)), exec| f(exec, n, x, out));
 }
 
 /// One image as rows (see [`Dims::rows`]), with one gate value per row and one per column.
-fn image(
-    exec: Exec,
-    x: &[f32],
-    dims: Dims,
-    rows: Option<&[f32]>,
-    cols: Option<&[f32]>,
-    combine: Combine,
-    out: &mut [f32],
-) {
+fn image(exec: Exec, x: &[f32], dims: Dims, rows: Option<&[f32]>, cols: Option<&[f32]>, combine: Combine, out: &mut [f32]) {
     let (row_count, row_len) = dims.rows();
     if exec.splits(x.len()) && row_count > 1 {
         let rows_per_task = row_count.div_ceil(4 * exec.threads);
         let chunk = rows_per_task * row_len;
-        let parts: Vec<_> = x
-            .chunks(chunk)
-            .zip(out.chunks_mut(chunk))
-            .enumerate()
-            .collect();
+        let parts: Vec<_> = x.chunks(chunk).zip(out.chunks_mut(chunk)).enumerate().collect();
         exec.map(parts, |(t, (x, out))| {
             let rows = rows.map(|r| &r[t * rows_per_task..][..x.len() / row_len]);
-            exec.level.dispatch(GateLeaf {
-                x,
-                out,
-                row_len,
-                rows,
-                cols,
-                combine,
-            });
+            exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
         });
     } else {
-        exec.level.dispatch(GateLeaf {
-            x,
-            out,
-            row_len,
-            rows,
-            cols,
-            combine,
-        });
+        exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
     }
 }
 
@@ -188,37 +127,16 @@ impl WithSimd for GateLeaf<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            x,
-            out,
-            row_len,
-            rows,
-            cols,
-            combine,
-        } = self;
+        let Self { x, out, row_len, rows, cols, combine } = self;
         let one = simd.splat_f32s(1.0);
         let (col_head, col_tail) = cols.map_or((&[][..], &[][..]), S::as_simd_f32s);
-        let col_last = if cols.is_some() {
-            simd.partial_load_f32s(col_tail)
-        } else {
-            one
-        };
-        for (r, (x_row, out_row)) in x
-            .chunks_exact(row_len)
-            .zip(out.chunks_exact_mut(row_len))
-            .enumerate()
-        {
+        let col_last = if cols.is_some() { simd.partial_load_f32s(col_tail) } else { one };
+        for (r, (x_row, out_row)) in x.chunks_exact(row_len).zip(out.chunks_exact_mut(row_len)).enumerate() {
             let row = simd.splat_f32s(rows.map_or(1.0, |v| v[r]));
             let (x_head, x_tail) = S::as_simd_f32s(x_row);
             let (out_head, out_tail) = S::as_mut_simd_f32s(out_row);
             for (i, (xv, o)) in x_head.iter().zip(out_head.iter_mut()).enumerate() {
-                *o = gate(
-                    simd,
-                    combine,
-                    *xv,
-                    row,
-                    col_head.get(i).copied().unwrap_or(one),
-                );
+                *o = gate(simd, combine, *xv, row, col_head.get(i).copied().unwrap_or(one));
             }
             let last = gate(simd, combine, simd.partial_load_f32s(x_tail), row, col_last);
             simd.partial_store_f32s(out_tail, last);
@@ -229,12 +147,8 @@ impl WithSimd for GateLeaf<'_> {
 #[inline(always)]
 fn gate<S: Simd>(simd: S, combine: Combine, x: S::f32s, row: S::f32s, col: S::f32s) -> S::f32s {
     match combine {
-        Combine::Scale {
-            channel_is_row: true,
-        } => simd.mul_f32s(simd.mul_f32s(x, row), col),
-        Combine::Scale {
-            channel_is_row: false,
-        } => simd.mul_f32s(simd.mul_f32s(x, col), row),
+        Combine::Scale { channel_is_row: true } => simd.mul_f32s(simd.mul_f32s(x, row), col),
+        Combine::Scale { channel_is_row: false } => simd.mul_f32s(simd.mul_f32s(x, col), row),
         Combine::Bam(fusion) => {
             let logit = match fusion {
                 Fusion::Sum => simd.add_f32s(row, col),
@@ -263,13 +177,7 @@ mod tests {
     }
 
     /// `f(x, channel value, spatial value)` at every element, in f64.
-    fn reference(
-        x: &[f32],
-        d: Dims,
-        ch: &[f32],
-        sp: &[f32],
-        f: impl Fn(f64, f64, f64) -> f64,
-    ) -> Vec<f64> {
+    fn reference(x: &[f32], d: Dims, ch: &[f32], sp: &[f32], f: impl Fn(f64, f64, f64) -> f64) -> Vec<f64> {
         let mut out = vec![0.0; x.len()];
         for n in 0..d.n {
             for p in 0..d.pixels() {
@@ -288,11 +196,7 @@ mod tests {
             let x = data(d.len(), 5);
             let ch = data(d.n * d.c, 6);
             let sp = data(d.n * d.pixels(), 7);
-            type Case<'a> = (
-                Option<&'a [f32]>,
-                Option<&'a [f32]>,
-                fn(f64, f64, f64) -> f64,
-            );
+            type Case<'a> = (Option<&'a [f32]>, Option<&'a [f32]>, fn(f64, f64, f64) -> f64);
             let cases: [Case; 3] = [
                 (Some(&ch), None, |x, g, _| x * g),
                 (None, Some(&sp), |x, _, s| x * s),
@@ -303,13 +207,7 @@ mod tests {
                 for exec in execs() {
                     let mut out = vec![0.0; x.len()];
                     apply_gates(exec, &x, d, channel, spatial, &mut out);
-                    assert_close(
-                        &out,
-                        &want,
-                        1e-6,
-                        1e-6,
-                        &format!("gates {} {d:?}", exec.level.name()),
-                    );
+                    assert_close(&out, &want, 1e-6, 1e-6, &format!("gates {} {d:?}", exec.level.name()));
                 }
             }
         }
@@ -318,18 +216,9 @@ mod tests {
     #[test]
     fn one_large_image_splits_across_threads_with_the_same_result() {
         for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
-            let d = Dims {
-                n: 1,
-                h: 64,
-                w: 64,
-                c: 256,
-                layout,
-            };
+            let d = Dims { n: 1, h: 64, w: 64, c: 256, layout };
             let (x, ch, sp) = (data(d.len(), 1), data(d.c, 2), data(d.pixels(), 3));
-            let (one, two) = (
-                Exec::new(Level::best(), Some(1)),
-                Exec::new(Level::best(), Some(2)),
-            );
+            let (one, two) = (Exec::new(Level::best(), Some(1)), Exec::new(Level::best(), Some(2)));
             let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
             apply_gates(one, &x, d, Some(&ch), Some(&sp), &mut a);
             apply_gates(two, &x, d, Some(&ch), Some(&sp), &mut b);
@@ -350,23 +239,12 @@ mod tests {
             if d.c == 17 {
                 sp[0] = 50.0; // beyond FACTOR_LIMIT: the per-element path
             }
-            for (fusion, fuse) in [
-                (Fusion::Sum, (|a, b| a + b) as fn(f64, f64) -> f64),
-                (Fusion::Product, |a, b| a * b),
-            ] {
-                let want = reference(&x, d, &ch, &sp, |x, g, s| {
-                    x * (1.0 + 1.0 / (1.0 + (-fuse(g, s)).exp()))
-                });
+            for (fusion, fuse) in [(Fusion::Sum, (|a, b| a + b) as fn(f64, f64) -> f64), (Fusion::Product, |a, b| a * b)] {
+                let want = reference(&x, d, &ch, &sp, |x, g, s| x * (1.0 + 1.0 / (1.0 + (-fuse(g, s)).exp())));
                 for exec in execs() {
                     let mut out = vec![0.0; x.len()];
                     apply_bam(exec, &x, d, &ch, &sp, fusion, &mut out);
-                    assert_close(
-                        &out,
-                        &want,
-                        1e-6,
-                        1e-6,
-                        &format!("bam {fusion:?} {} {d:?}", exec.level.name()),
-                    );
+                    assert_close(&out, &want, 1e-6, 1e-6, &format!("bam {fusion:?} {} {d:?}", exec.level.name()));
                 }
             }
         }

@@ -8,11 +8,7 @@ use pulp::{Simd, WithSimd};
 pub fn read_sum(exec: Exec, x: &[f32]) -> f32 {
     exec.run(|| {
         if exec.threads > 1 && !x.is_empty() {
-            exec.map(x.chunks(x.len().div_ceil(exec.threads)).collect(), |part| {
-                exec.level.dispatch(ReadSum(part))
-            })
-            .into_iter()
-            .sum()
+            exec.map(x.chunks(x.len().div_ceil(exec.threads)).collect(), |part| exec.level.dispatch(ReadSum(part))).into_iter().sum()
         } else {
             exec.level.dispatch(ReadSum(x))
         }
@@ -38,9 +34,7 @@ impl WithSimd for ReadSum<'_> {
         for v in rest {
             acc[0] = simd.add_f32s(acc[0], *v);
         }
-        let total = acc
-            .iter()
-            .fold(simd.splat_f32s(0.0), |s, a| simd.add_f32s(s, *a));
+        let total = acc.iter().fold(simd.splat_f32s(0.0), |s, a| simd.add_f32s(s, *a));
         simd.reduce_sum_f32s(total) + tail.iter().sum::<f32>()
     }
 }
@@ -55,12 +49,7 @@ mod tests {
         for len in [0, 1, 17, 1000, 1 << 17] {
             let x = vec![1.0f32; len];
             for exec in execs() {
-                assert_eq!(
-                    read_sum(exec, &x),
-                    len as f32,
-                    "{len} {}",
-                    exec.level.name()
-                );
+                assert_eq!(read_sum(exec, &x), len as f32, "{len} {}", exec.level.name());
             }
         }
     }

@@ -22,18 +22,12 @@ pub struct Exec {
 impl Exec {
     /// `threads = None` means every core.
     pub fn new(level: Level, threads: Option<usize>) -> Exec {
-        Exec {
-            level,
-            threads: threads.unwrap_or_else(all_cores).max(1),
-        }
+        Exec { level, threads: threads.unwrap_or_else(all_cores).max(1) }
     }
 
     /// One thread at the active SIMD level.
     pub fn single() -> Exec {
-        Exec {
-            level: Level::active(),
-            threads: 1,
-        }
+        Exec { level: Level::active(), threads: 1 }
     }
 
     /// The same level on one thread (for work inside an already parallel loop).
@@ -47,9 +41,7 @@ impl Exec {
     }
 
     fn team(self) -> Option<&'static Team> {
-        (self.threads > 1)
-            .then(|| Team::get(self.threads))
-            .flatten()
+        (self.threads > 1).then(|| Team::get(self.threads)).flatten()
     }
 
     /// Runs `f` on this thread with this call's team ready, so that the passes inside it
@@ -71,33 +63,17 @@ impl Exec {
         let slots: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
         let results: Vec<Mutex<Option<R>>> = slots.iter().map(|_| Mutex::new(None)).collect();
         let chunk = |i: usize| {
-            let part = slots[i]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("each part runs once");
+            let part = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each part runs once");
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(part));
         };
         team.region(|| team.run(slots.len(), &chunk));
-        results
-            .into_iter()
-            .map(|r| {
-                r.into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .expect("every part ran")
-            })
-            .collect()
+        results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every part ran")).collect()
     }
 
     /// Runs `f(item, exec)` for every item: in parallel over the items when there are at least
     /// as many as threads and the work (`elems_per_item` each) is large enough, each item then
     /// single-threaded; otherwise in order, each item free to split its own work.
-    pub fn for_each<T: Send>(
-        self,
-        items: Vec<T>,
-        elems_per_item: usize,
-        f: impl Fn(T, Exec) + Sync + Send,
-    ) {
+    pub fn for_each<T: Send>(self, items: Vec<T>, elems_per_item: usize, f: impl Fn(T, Exec) + Sync + Send) {
         if items.len() >= self.threads && self.splits(items.len() * elems_per_item) {
             let serial = self.serial();
             self.map(items, |item| f(item, serial));
@@ -111,10 +87,7 @@ impl Exec {
     pub fn ranges(self, len: usize, unit: usize) -> Vec<std::ops::Range<usize>> {
         let units = len.div_ceil(unit.max(1));
         let per_part = units.div_ceil(4 * self.threads).max(1) * unit.max(1);
-        (0..len)
-            .step_by(per_part)
-            .map(|start| start..(start + per_part).min(len))
-            .collect()
+        (0..len).step_by(per_part).map(|start| start..(start + per_part).min(len)).collect()
     }
 }
 

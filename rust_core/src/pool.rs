@@ -14,8 +14,8 @@
 
 mod columns;
 
-use columns::scaled;
 use columns::{columns, FROM_MEMORY_ELEMS};
+use columns::scaled;
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
@@ -33,10 +33,7 @@ pub fn channel_pool(exec: Exec, x: &[f32], dims: Dims, mean: &mut [f32], max: &m
     exec.run(|| {
         let images: Vec<_> = x
             .chunks_exact(dims.image_len())
-            .zip(
-                mean.chunks_exact_mut(dims.c)
-                    .zip(max.chunks_exact_mut(dims.c)),
-            )
+            .zip(mean.chunks_exact_mut(dims.c).zip(max.chunks_exact_mut(dims.c)))
             .collect();
         exec.for_each(images, dims.image_len(), |(x, (mean, max)), exec| {
             image_channel_sum_max(exec, x, dims, mean, max);
@@ -56,24 +53,19 @@ pub fn spatial_pool(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
     }
     exec.run(|| {
         let pixels = dims.pixels();
-        let images: Vec<_> = x
-            .chunks_exact(dims.image_len())
-            .zip(out.chunks_exact_mut(2 * pixels))
-            .collect();
-        exec.for_each(images, dims.image_len(), |(x, out), exec| {
-            match dims.layout {
-                Layout::ChannelsFirst => {
-                    let (max, mean) = out.split_at_mut(pixels);
-                    image_spatial_sum_max(exec, x, dims, None, mean, max);
-                    mean.iter_mut().for_each(|m| *m /= dims.c as f32);
-                }
-                Layout::ChannelsLast => {
-                    let (mut sum, mut max) = (vec![0.0; pixels], vec![0.0; pixels]);
-                    image_spatial_sum_max(exec, x, dims, None, &mut sum, &mut max);
-                    for ((pair, s), m) in out.chunks_exact_mut(2).zip(sum).zip(max) {
-                        pair[0] = m;
-                        pair[1] = s / dims.c as f32;
-                    }
+        let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(out.chunks_exact_mut(2 * pixels)).collect();
+        exec.for_each(images, dims.image_len(), |(x, out), exec| match dims.layout {
+            Layout::ChannelsFirst => {
+                let (max, mean) = out.split_at_mut(pixels);
+                image_spatial_sum_max(exec, x, dims, None, mean, max);
+                mean.iter_mut().for_each(|m| *m /= dims.c as f32);
+            }
+            Layout::ChannelsLast => {
+                let (mut sum, mut max) = (vec![0.0; pixels], vec![0.0; pixels]);
+                image_spatial_sum_max(exec, x, dims, None, &mut sum, &mut max);
+                for ((pair, s), m) in out.chunks_exact_mut(2).zip(sum).zip(max) {
+                    pair[0] = m;
+                    pair[1] = s / dims.c as f32;
                 }
             }
         });
@@ -81,23 +73,9 @@ pub fn spatial_pool(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
 }
 
 /// Sum and max over the pixels of one image, per channel (`sum`, `max`: C values).
-pub(crate) fn image_channel_sum_max(
-    exec: Exec,
-    x: &[f32],
-    dims: Dims,
-    sum: &mut [f32],
-    max: &mut [f32],
-) {
+pub(crate) fn image_channel_sum_max(exec: Exec, x: &[f32], dims: Dims, sum: &mut [f32], max: &mut [f32]) {
     match dims.layout {
-        Layout::ChannelsLast => columns(
-            exec,
-            x,
-            dims.c,
-            None,
-            dims.len() >= FROM_MEMORY_ELEMS,
-            sum,
-            max,
-        ),
+        Layout::ChannelsLast => columns(exec, x, dims.c, None, dims.len() >= FROM_MEMORY_ELEMS, sum, max),
         Layout::ChannelsFirst => each_row(exec, x, dims.pixels(), None, sum, max),
     }
 }
@@ -114,15 +92,7 @@ pub(crate) fn image_spatial_sum_max(
 ) {
     match dims.layout {
         Layout::ChannelsLast => each_row(exec, x, dims.c, gate, sum, max),
-        Layout::ChannelsFirst => columns(
-            exec,
-            x,
-            dims.pixels(),
-            gate,
-            dims.len() >= FROM_MEMORY_ELEMS,
-            sum,
-            max,
-        ),
+        Layout::ChannelsFirst => columns(exec, x, dims.pixels(), gate, dims.len() >= FROM_MEMORY_ELEMS, sum, max),
     }
 }
 
@@ -139,30 +109,10 @@ pub(crate) fn each_row(
     let rows = x.len() / row_len;
     if exec.splits(x.len()) && rows > 1 {
         let rows_per_task = rows.div_ceil(4 * exec.threads);
-        let parts: Vec<_> = x
-            .chunks(rows_per_task * row_len)
-            .zip(
-                sum.chunks_mut(rows_per_task)
-                    .zip(max.chunks_mut(rows_per_task)),
-            )
-            .collect();
-        exec.map(parts, |(x, (sum, max))| {
-            exec.level.dispatch(RowLeaf {
-                x,
-                row_len,
-                scale,
-                sum,
-                max,
-            })
-        });
+        let parts: Vec<_> = x.chunks(rows_per_task * row_len).zip(sum.chunks_mut(rows_per_task).zip(max.chunks_mut(rows_per_task))).collect();
+        exec.map(parts, |(x, (sum, max))| exec.level.dispatch(RowLeaf { x, row_len, scale, sum, max }));
     } else {
-        exec.level.dispatch(RowLeaf {
-            x,
-            row_len,
-            scale,
-            sum,
-            max,
-        });
+        exec.level.dispatch(RowLeaf { x, row_len, scale, sum, max });
     }
     fix_nan_rows(x, row_len, scale, sum, max);
 }
@@ -190,11 +140,7 @@ impl WithSimd for RowLeaf<'_> {
 impl RowLeaf<'_> {
     #[inline(always)]
     fn run<S: Simd, const SCALED: bool>(self, simd: S, scale: &[f32]) {
-        let rows = self
-            .x
-            .chunks_exact(self.row_len)
-            .zip(self.sum.iter_mut())
-            .zip(self.max.iter_mut());
+        let rows = self.x.chunks_exact(self.row_len).zip(self.sum.iter_mut()).zip(self.max.iter_mut());
         if self.row_len <= ROW_BLOCK {
             for ((row, sum), max) in rows {
                 (*sum, *max) = block_sum_max::<S, SCALED>(simd, row, scale);
@@ -205,11 +151,7 @@ impl RowLeaf<'_> {
             let mut sums = Pairwise::new();
             let mut row_max = f32::NEG_INFINITY;
             for (b, block) in row.chunks(ROW_BLOCK).enumerate() {
-                let block_scale = if SCALED {
-                    &scale[b * ROW_BLOCK..][..block.len()]
-                } else {
-                    scale
-                };
+                let block_scale = if SCALED { &scale[b * ROW_BLOCK..][..block.len()] } else { scale };
                 let (s, m) = block_sum_max::<S, SCALED>(simd, block, block_scale);
                 sums.push(s);
                 row_max = row_max.max(m);
@@ -225,19 +167,10 @@ impl RowLeaf<'_> {
 #[inline(always)]
 fn block_sum_max<S: Simd, const SCALED: bool>(simd: S, block: &[f32], scale: &[f32]) -> (f32, f32) {
     let (x_head, x_tail) = S::as_simd_f32s(block);
-    let (g_head, g_tail) = if SCALED {
-        S::as_simd_f32s(scale)
-    } else {
-        (&[][..], &[][..])
-    };
-    let g_head = if SCALED {
-        &g_head[..x_head.len()]
-    } else {
-        g_head
-    };
+    let (g_head, g_tail) = if SCALED { S::as_simd_f32s(scale) } else { (&[][..], &[][..]) };
+    let g_head = if SCALED { &g_head[..x_head.len()] } else { g_head };
     let one = simd.splat_f32s(1.0);
-    let element =
-        |i: usize| scaled::<S, SCALED>(simd, x_head[i], if SCALED { g_head[i] } else { one });
+    let element = |i: usize| scaled::<S, SCALED>(simd, x_head[i], if SCALED { g_head[i] } else { one });
     let zero = simd.splat_f32s(0.0);
     let low = simd.splat_f32s(f32::NEG_INFINITY);
     let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
@@ -246,18 +179,8 @@ fn block_sum_max<S: Simd, const SCALED: bool>(simd: S, block: &[f32], scale: &[f
     for q in 0..quads {
         let i = 4 * q;
         let (a, b, c, d) = (element(i), element(i + 1), element(i + 2), element(i + 3));
-        (s0, s1, s2, s3) = (
-            simd.add_f32s(s0, a),
-            simd.add_f32s(s1, b),
-            simd.add_f32s(s2, c),
-            simd.add_f32s(s3, d),
-        );
-        (m0, m1, m2, m3) = (
-            simd.max_f32s(m0, a),
-            simd.max_f32s(m1, b),
-            simd.max_f32s(m2, c),
-            simd.max_f32s(m3, d),
-        );
+        (s0, s1, s2, s3) = (simd.add_f32s(s0, a), simd.add_f32s(s1, b), simd.add_f32s(s2, c), simd.add_f32s(s3, d));
+        (m0, m1, m2, m3) = (simd.max_f32s(m0, a), simd.max_f32s(m1, b), simd.max_f32s(m2, c), simd.max_f32s(m3, d));
     }
     for i in 4 * quads..x_head.len() {
         let v = element(i);
@@ -286,11 +209,7 @@ struct Pairwise {
 impl Pairwise {
     #[inline(always)]
     fn new() -> Self {
-        Pairwise {
-            partial: [0.0; 64],
-            depth: 0,
-            pushed: 0,
-        }
+        Pairwise { partial: [0.0; 64], depth: 0, pushed: 0 }
     }
 
     #[inline(always)]
@@ -315,11 +234,7 @@ impl Pairwise {
 /// Rows whose sum came out NaN are rescanned; if one holds a NaN (after scaling), its max
 /// becomes NaN. (A sum is also NaN for +inf plus -inf, whose max stays as computed.)
 fn fix_nan_rows(x: &[f32], row_len: usize, scale: Option<&[f32]>, sum: &[f32], max: &mut [f32]) {
-    for (r, row) in x
-        .chunks_exact(row_len)
-        .enumerate()
-        .filter(|&(r, _)| sum[r].is_nan())
-    {
+    for (r, row) in x.chunks_exact(row_len).enumerate().filter(|&(r, _)| sum[r].is_nan()) {
         let scaled = |(j, v): (usize, &f32)| v * scale.map_or(1.0, |s| s[j]);
         if row.iter().enumerate().map(scaled).any(f32::is_nan) {
             max[r] = f32::NAN;

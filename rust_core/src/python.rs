@@ -9,14 +9,11 @@ mod block;
 
 use crate::apply::{self, Fusion};
 use crate::exec::{all_cores, Exec};
-use crate::layout::{Dims, Layout};
 use crate::litert::runtime::{ElementType, Input, Output};
+use crate::layout::{Dims, Layout};
 use crate::simd::Level;
 use crate::{bandwidth, pool};
-use numpy::{
-    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
-    PyReadonlyArray4, PyReadonlyArrayDyn, PyUntypedArrayMethods,
-};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -29,9 +26,7 @@ fn value_error(message: impl Into<String>) -> PyErr {
 /// The run settings from the `threads` and `simd` arguments.
 fn exec(threads: Option<usize>, simd: Option<&str>) -> PyResult<Exec> {
     if threads == Some(0) {
-        return Err(value_error(
-            "`threads` must be a positive int or None (all cores); got 0",
-        ));
+        return Err(value_error("`threads` must be a positive int or None (all cores); got 0"));
     }
     let level = match simd {
         Some(name) => Level::from_name(name).map_err(value_error)?,
@@ -55,17 +50,13 @@ fn map<'a>(x: &'a PyReadonlyArray4<'_, f32>, data_format: &str) -> PyResult<(&'a
     let layout = layout(data_format)?;
     let shape = x.shape();
     if shape.contains(&0) {
-        return Err(value_error(format!(
-            "`x` must have no zero-size dimension; got shape {shape:?}"
-        )));
+        return Err(value_error(format!("`x` must have no zero-size dimension; got shape {shape:?}")));
     }
     let (n, h, w, c) = match layout {
         Layout::ChannelsLast => (shape[0], shape[1], shape[2], shape[3]),
         Layout::ChannelsFirst => (shape[0], shape[2], shape[3], shape[1]),
     };
-    let data = x
-        .as_slice()
-        .map_err(|_| value_error("`x` must be C-contiguous"))?;
+    let data = x.as_slice().map_err(|_| value_error("`x` must be C-contiguous"))?;
     Ok((data, Dims { n, h, w, c, layout }))
 }
 
@@ -73,33 +64,23 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     a: &'a numpy::PyReadonlyArray<'_, T, D>,
     name: &str,
 ) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| value_error(format!("`{name}` must be C-contiguous")))
+    a.as_slice().map_err(|_| value_error(format!("`{name}` must be C-contiguous")))
 }
 
-fn shaped<'py, T: numpy::Element>(
-    py: Python<'py>,
-    data: Vec<T>,
-    shape: &[usize],
-) -> PyResult<Out<'py>> {
+fn shaped<'py, T: numpy::Element>(py: Python<'py>, data: Vec<T>, shape: &[usize]) -> PyResult<Out<'py>> {
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
 }
 
 /// A new array of `shape`, filled by `fill` with the GIL released. Its memory is not zeroed
 /// first: zeroing a map-sized output would cost a third of a gate pass.
-fn filled<'py>(
-    py: Python<'py>,
-    shape: &[usize],
-    fill: impl FnOnce(&mut [f32]) + Send,
-) -> PyResult<Out<'py>> {
+fn filled<'py>(py: Python<'py>, shape: &[usize], fill: impl FnOnce(&mut [f32]) + Send) -> PyResult<Out<'py>> {
     // SAFETY: the array is new and not yet visible to Python, so nothing else reads or writes
     // it; every bit pattern is a valid f32; and `fill` (a kernel writing the whole output)
     // writes every element before the array is returned.
     let array = unsafe { PyArrayDyn::<f32>::new(py, shape, false) };
     // SAFETY: as above; the slice is the array's whole, C-contiguous buffer and is the only
     // reference to it while `fill` runs.
-    let out = unsafe { array.as_slice_mut() }
-        .map_err(|_| value_error("internal: new array not contiguous"))?;
+    let out = unsafe { array.as_slice_mut() }.map_err(|_| value_error("internal: new array not contiguous"))?;
     py.detach(|| fill(out));
     Ok(array.into_any())
 }
@@ -121,10 +102,7 @@ fn channel_pool<'py>(
         pool::channel_pool(exec, data, dims, &mut mean, &mut max);
         (mean, max)
     });
-    Ok((
-        shaped(py, mean, &[dims.n, dims.c])?,
-        shaped(py, max, &[dims.n, dims.c])?,
-    ))
+    Ok((shaped(py, mean, &[dims.n, dims.c])?, shaped(py, max, &[dims.n, dims.c])?))
 }
 
 /// Max and mean over C for every pixel, stacked max first: (N, H, W, 2) or (N, 2, H, W).
@@ -165,31 +143,10 @@ fn apply_gates<'py>(
 ) -> PyResult<Out<'py>> {
     let exec = exec(threads, simd)?;
     let (data, dims) = map(&x, data_format)?;
-    let channel = channel
-        .as_ref()
-        .map(|g| {
-            gate(
-                g.shape(),
-                contiguous(g, "channel")?,
-                &[dims.n, dims.c],
-                "channel",
-            )
-        })
-        .transpose()?;
-    let spatial = spatial
-        .as_ref()
-        .map(|s| {
-            gate(
-                s.shape(),
-                contiguous(s, "spatial")?,
-                &[dims.n, dims.h, dims.w],
-                "spatial",
-            )
-        })
-        .transpose()?;
-    filled(py, x.shape(), |out| {
-        apply::apply_gates(exec, data, dims, channel, spatial, out)
-    })
+    let channel = channel.as_ref().map(|g| gate(g.shape(), contiguous(g, "channel")?, &[dims.n, dims.c], "channel")).transpose()?;
+    let spatial =
+        spatial.as_ref().map(|s| gate(s.shape(), contiguous(s, "spatial")?, &[dims.n, dims.h, dims.w], "spatial")).transpose()?;
+    filled(py, x.shape(), |out| apply::apply_gates(exec, data, dims, channel, spatial, out))
 }
 
 /// `x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`.
@@ -209,28 +166,15 @@ fn apply_bam<'py>(
     let exec = exec(threads, simd)?;
     let fusion = parse_fusion(fusion)?;
     let (data, dims) = map(&x, data_format)?;
-    let channel = gate(
-        channel_logits.shape(),
-        contiguous(&channel_logits, "channel_logits")?,
-        &[dims.n, dims.c],
-        "channel_logits",
-    )?;
-    let spatial = gate(
-        spatial_logits.shape(),
-        contiguous(&spatial_logits, "spatial_logits")?,
-        &[dims.n, dims.h, dims.w],
-        "spatial_logits",
-    )?;
-    filled(py, x.shape(), |out| {
-        apply::apply_bam(exec, data, dims, channel, spatial, fusion, out)
-    })
+    let channel = gate(channel_logits.shape(), contiguous(&channel_logits, "channel_logits")?, &[dims.n, dims.c], "channel_logits")?;
+    let spatial =
+        gate(spatial_logits.shape(), contiguous(&spatial_logits, "spatial_logits")?, &[dims.n, dims.h, dims.w], "spatial_logits")?;
+    filled(py, x.shape(), |out| apply::apply_bam(exec, data, dims, channel, spatial, fusion, out))
 }
 
 fn gate<'a>(shape: &[usize], data: &'a [f32], want: &[usize], name: &str) -> PyResult<&'a [f32]> {
     if shape != want {
-        return Err(value_error(format!(
-            "`{name}` must have shape {want:?} to match `x`; got {shape:?}"
-        )));
+        return Err(value_error(format!("`{name}` must have shape {want:?} to match `x`; got {shape:?}")));
     }
     Ok(data)
 }
@@ -239,9 +183,7 @@ fn parse_fusion(fusion: &str) -> PyResult<Fusion> {
     match fusion {
         "sum" => Ok(Fusion::Sum),
         "product" => Ok(Fusion::Product),
-        other => Err(value_error(format!(
-            "`fusion` must be \"sum\" or \"product\"; got {other:?}"
-        ))),
+        other => Err(value_error(format!("`fusion` must be \"sum\" or \"product\"; got {other:?}"))),
     }
 }
 
@@ -249,11 +191,7 @@ fn parse_fusion(fusion: &str) -> PyResult<Fusion> {
 /// streaming-read bandwidth.
 #[pyfunction]
 #[pyo3(signature = (x, threads=None))]
-fn read_probe(
-    py: Python<'_>,
-    x: PyReadonlyArray1<'_, f32>,
-    threads: Option<usize>,
-) -> PyResult<f32> {
+fn read_probe(py: Python<'_>, x: PyReadonlyArray1<'_, f32>, threads: Option<usize>) -> PyResult<f32> {
     let exec = exec(threads, None)?;
     let data = contiguous(&x, "x")?;
     Ok(py.detach(|| bandwidth::read_sum(exec, data)))
@@ -294,98 +232,48 @@ struct LiteRtRuntime {
 impl LiteRtRuntime {
     #[new]
     #[pyo3(signature = (library, model_path, threads=None))]
-    fn new(
-        py: Python<'_>,
-        library: &str,
-        model_path: &str,
-        threads: Option<usize>,
-    ) -> PyResult<Self> {
-        let runtime = py
-            .detach(|| crate::litert::runtime::Runtime::new(library, model_path, threads))
-            .map_err(value_error)?;
-        Ok(LiteRtRuntime {
-            inner: std::sync::Mutex::new(runtime),
-        })
+    fn new(py: Python<'_>, library: &str, model_path: &str, threads: Option<usize>) -> PyResult<Self> {
+        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model_path, threads)).map_err(value_error)?;
+        Ok(LiteRtRuntime { inner: std::sync::Mutex::new(runtime) })
     }
 
     #[getter]
     fn input_shapes(&self) -> Vec<Vec<usize>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .input_shapes()
-            .to_vec()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_shapes().to_vec()
     }
 
     #[getter]
     fn output_shapes(&self) -> Vec<Vec<usize>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .output_shapes()
-            .to_vec()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_shapes().to_vec()
     }
 
     /// The NumPy dtype name of every input: "float32" or "int8".
     #[getter]
     fn input_dtypes(&self) -> Vec<&'static str> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .input_types()
-            .iter()
-            .map(|t| t.name())
-            .collect()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_types().iter().map(|t| t.name()).collect()
     }
 
     /// The NumPy dtype name of every output: "float32" or "int8".
     #[getter]
     fn output_dtypes(&self) -> Vec<&'static str> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .output_types()
-            .iter()
-            .map(|t| t.name())
-            .collect()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).output_types().iter().map(|t| t.name()).collect()
     }
 
     /// The fused blocks built once and kept between runs (one per fused node).
     #[getter]
     fn cached_blocks(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cached_blocks()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).cached_blocks()
     }
 
     /// Runs the model on C-contiguous arrays of the inputs' dtypes (`input_dtypes`); returns
     /// arrays of the outputs' dtypes.
     fn run<'py>(&self, py: Python<'py>, inputs: Vec<Bound<'py, PyAny>>) -> PyResult<Vec<Out<'py>>> {
-        let types = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .input_types()
-            .to_vec();
+        let types = self.inner.lock().unwrap_or_else(|e| e.into_inner()).input_types().to_vec();
         if inputs.len() != types.len() {
-            return Err(value_error(format!(
-                "`inputs` must hold {} arrays, one per model input; got {}",
-                types.len(),
-                inputs.len()
-            )));
+            return Err(value_error(format!("`inputs` must hold {} arrays, one per model input; got {}", types.len(), inputs.len())));
         }
-        let held = inputs
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .map(|(i, (a, &t))| Held::extract(a, i, t))
-            .collect::<PyResult<Vec<_>>>()?;
-        let values = held
-            .iter()
-            .enumerate()
-            .map(|(i, h)| h.values(i))
-            .collect::<PyResult<Vec<_>>>()?;
+        let held = inputs.iter().zip(&types).enumerate().map(|(i, (a, &t))| Held::extract(a, i, t)).collect::<PyResult<Vec<_>>>()?;
+        let values = held.iter().enumerate().map(|(i, h)| h.values(i)).collect::<PyResult<Vec<_>>>()?;
         let (results, shapes) = py.detach(|| {
             let mut runtime = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             (runtime.run(&values), runtime.output_shapes().to_vec())
@@ -417,22 +305,10 @@ impl<'py> Held<'py> {
         };
         held.ok_or_else(|| {
             let given = match a.getattr("dtype") {
-                Ok(dtype) => format!(
-                    "dtype {}",
-                    dtype.str().map(|s| s.to_string()).unwrap_or_default()
-                ),
-                Err(_) => format!(
-                    "a {}",
-                    a.get_type()
-                        .name()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ),
+                Ok(dtype) => format!("dtype {}", dtype.str().map(|s| s.to_string()).unwrap_or_default()),
+                Err(_) => format!("a {}", a.get_type().name().map(|s| s.to_string()).unwrap_or_default()),
             };
-            PyTypeError::new_err(format!(
-                "`inputs[{i}]` must be an array of dtype {} (the model input's type); got {given}",
-                expected.name()
-            ))
+            PyTypeError::new_err(format!("`inputs[{i}]` must be an array of dtype {} (the model input's type); got {given}", expected.name()))
         })
     }
 

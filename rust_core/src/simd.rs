@@ -64,9 +64,7 @@ impl Level {
 
     /// The best level this CPU supports.
     pub fn best() -> Level {
-        *Level::available()
-            .last()
-            .expect("scalar is always available")
+        *Level::available().last().expect("scalar is always available")
     }
 
     /// The level named `name`, if this CPU supports it.
@@ -79,17 +77,10 @@ impl Level {
             ));
         }
         let available = Level::available();
-        available
-            .iter()
-            .copied()
-            .find(|l| l.name() == wanted)
-            .ok_or_else(|| {
-                let names: Vec<&str> = available.iter().map(|l| l.name()).collect();
-                format!(
-                    "SIMD level {wanted:?} is not available on this CPU (available: {})",
-                    names.join(", ")
-                )
-            })
+        available.iter().copied().find(|l| l.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = available.iter().map(|l| l.name()).collect();
+            format!("SIMD level {wanted:?} is not available on this CPU (available: {})", names.join(", "))
+        })
     }
 
     /// The level kernels use by default: `KERAS_ATTN_SIMD` if set and available, else the best.
@@ -142,37 +133,18 @@ pub fn prefetch(value: &f32) {
 pub fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = simd.min_f32s(
-        simd.max_f32s(x, simd.splat_f32s(-86.0)),
-        simd.splat_f32s(88.7),
-    );
-    let shifted = simd.mul_add_f32s(
-        x,
-        simd.splat_f32s(std::f32::consts::LOG2_E),
-        simd.splat_f32s(ROUND),
-    );
+    let x = simd.min_f32s(simd.max_f32s(x, simd.splat_f32s(-86.0)), simd.splat_f32s(88.7));
+    let shifted = simd.mul_add_f32s(x, simd.splat_f32s(std::f32::consts::LOG2_E), simd.splat_f32s(ROUND));
     let n = simd.sub_f32s(shifted, simd.splat_f32s(ROUND));
     let r = simd.mul_add_f32s(simd.neg_f32s(n), simd.splat_f32s(0.693_359_4), x);
     let r = simd.mul_add_f32s(simd.neg_f32s(n), simd.splat_f32s(-2.121_944_4e-4), r);
     let mut p = simd.splat_f32s(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
         p = simd.mul_add_f32s(p, r, simd.splat_f32s(c));
     }
-    let p = simd.add_f32s(
-        simd.mul_add_f32s(p, simd.mul_f32s(r, r), r),
-        simd.splat_f32s(1.0),
-    );
+    let p = simd.add_f32s(simd.mul_add_f32s(p, simd.mul_f32s(r, r), r), simd.splat_f32s(1.0));
     // 2^n: n's integer bits (relative to ROUND's) shifted into the exponent field.
-    let n_bits = simd.sub_u32s(
-        simd.transmute_u32s_f32s(shifted),
-        simd.splat_u32s(ROUND.to_bits()),
-    );
+    let n_bits = simd.sub_u32s(simd.transmute_u32s_f32s(shifted), simd.splat_u32s(ROUND.to_bits()));
     let scale = simd.mul_u32s(n_bits, simd.splat_u32s(1 << 23));
     simd.transmute_f32s_u32s(simd.add_u32s(simd.transmute_u32s_f32s(p), scale))
 }
@@ -188,18 +160,12 @@ pub fn sigmoid<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
 
 /// Applies [`sigmoid`] to every element of `values` in place.
 pub fn sigmoid_in_place(level: Level, values: &mut [f32]) {
-    level.dispatch(MapInPlace {
-        values,
-        negated_exp: false,
-    });
+    level.dispatch(MapInPlace { values, negated_exp: false });
 }
 
 /// Replaces every element `v` of `values` by `exp(-v)`.
 pub fn neg_exp_in_place(level: Level, values: &mut [f32]) {
-    level.dispatch(MapInPlace {
-        values,
-        negated_exp: true,
-    });
+    level.dispatch(MapInPlace { values, negated_exp: true });
 }
 
 struct MapInPlace<'a> {
@@ -245,21 +211,14 @@ mod tests {
 
     #[test]
     fn unknown_or_unavailable_levels_are_errors() {
-        assert!(Level::from_name("sse9")
-            .unwrap_err()
-            .contains("unknown SIMD level"));
+        assert!(Level::from_name("sse9").unwrap_err().contains("unknown SIMD level"));
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        assert!(Level::from_name("neon")
-            .unwrap_err()
-            .contains("not available"));
+        assert!(Level::from_name("neon").unwrap_err().contains("not available"));
     }
 
     #[test]
     fn sigmoid_matches_f64_on_every_level() {
-        let xs: Vec<f32> = (-2000..=2000)
-            .map(|i| i as f32 * 0.05)
-            .chain([f32::NAN, 1e30, -1e30])
-            .collect();
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).chain([f32::NAN, 1e30, -1e30]).collect();
         for level in Level::available() {
             let mut ys = xs.clone();
             sigmoid_in_place(level, &mut ys);
@@ -269,11 +228,8 @@ mod tests {
                     continue;
                 }
                 let want = 1.0 / (1.0 + (-(x as f64)).exp());
-                assert!(
-                    (y as f64 - want).abs() <= 3e-7 * want + 1e-30,
-                    "{}: sigmoid({x}) = {y}, want {want}",
-                    level.name()
-                );
+                assert!((y as f64 - want).abs() <= 3e-7 * want + 1e-30,
+                    "{}: sigmoid({x}) = {y}, want {want}", level.name());
             }
         }
     }

@@ -57,11 +57,7 @@ thread_local! {
 }
 
 fn unpack(state: u64) -> (u64, usize, usize) {
-    (
-        state >> 32,
-        ((state >> 16) & 0xffff) as usize,
-        (state & 0xffff) as usize,
-    )
+    (state >> 32, ((state >> 16) & 0xffff) as usize, (state & 0xffff) as usize)
 }
 
 fn pack(epoch: u64, next: usize, count: usize) -> u64 {
@@ -73,10 +69,7 @@ impl Team {
     /// started on first use; None when the OS refuses to start threads.
     pub fn get(threads: usize) -> Option<&'static Team> {
         static TEAMS: OnceLock<Mutex<HashMap<usize, Option<&'static Team>>>> = OnceLock::new();
-        let mut teams = TEAMS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut teams = TEAMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
         *teams.entry(threads).or_insert_with(|| Team::start(threads))
     }
 
@@ -110,10 +103,7 @@ impl Team {
                 })
                 .ok()?;
             starting.push(ready_tx);
-            team.workers.push(Worker {
-                thread: handle.thread().clone(),
-                sleeping,
-            });
+            team.workers.push(Worker { thread: handle.thread().clone(), sleeping });
         }
         Box::leak(team);
         for ready in starting {
@@ -156,12 +146,7 @@ impl Team {
             if next >= count {
                 return false;
             }
-            match self.state.compare_exchange_weak(
-                state,
-                pack(epoch, next + 1, count),
-                AcqRel,
-                Acquire,
-            ) {
+            match self.state.compare_exchange_weak(state, pack(epoch, next + 1, count), AcqRel, Acquire) {
                 Ok(_) => break self.run_chunk(next),
                 Err(now) => state = now,
             }
@@ -217,10 +202,7 @@ impl Team {
         if count <= 1 || HELD.get().is_none_or(|held| !std::ptr::eq(held, self)) {
             return (0..count).for_each(run);
         }
-        assert!(
-            count <= MAX_CHUNKS,
-            "a job has at most {MAX_CHUNKS} chunks, got {count}"
-        );
+        assert!(count <= MAX_CHUNKS, "a job has at most {MAX_CHUNKS} chunks, got {count}");
         let job = Job { run };
         let epoch = unpack(self.state.load(Acquire)).0.wrapping_add(1) & 0xffff_ffff;
         self.done.store(0, Relaxed);
@@ -266,10 +248,7 @@ mod tests {
             } else {
                 go();
             }
-            assert!(
-                counts.iter().all(|c| c.load(Relaxed) == 50),
-                "inside a region: {inside}"
-            );
+            assert!(counts.iter().all(|c| c.load(Relaxed) == 50), "inside a region: {inside}");
         }
     }
 
@@ -281,26 +260,21 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..100 {
-                        team.region(|| {
-                            team.run(64, &|_| {
-                                total.fetch_add(1, Relaxed);
-                            })
-                        });
+                        team.region(|| team.run(64, &|_| {
+                            total.fetch_add(1, Relaxed);
+                        }));
                     }
                 });
             }
         });
         assert_eq!(total.load(Relaxed), 4 * 100 * 64);
-        let caught =
-            panic::catch_unwind(|| team.region(|| team.run(8, &|i| assert!(i != 5, "chunk 5"))));
+        let caught = panic::catch_unwind(|| team.region(|| team.run(8, &|i| assert!(i != 5, "chunk 5"))));
         assert!(caught.is_err());
         // The team still works after a panic.
         let after = AtomicUsize::new(0);
-        team.region(|| {
-            team.run(8, &|_| {
-                after.fetch_add(1, Relaxed);
-            })
-        });
+        team.region(|| team.run(8, &|_| {
+            after.fetch_add(1, Relaxed);
+        }));
         assert_eq!(after.load(Relaxed), 8);
     }
 }

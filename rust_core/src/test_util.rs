@@ -6,14 +6,10 @@ use crate::simd::Level;
 
 /// `len` pseudo-random values in [-2, 2) from a fixed seed (a 64-bit LCG).
 pub fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
         .collect()
@@ -21,10 +17,7 @@ pub fn data(len: usize, seed: u64) -> Vec<f32> {
 
 /// Every level this CPU has, each single-threaded and on two threads.
 pub fn execs() -> Vec<Exec> {
-    Level::available()
-        .into_iter()
-        .flat_map(|level| [Exec::new(level, Some(1)), Exec::new(level, Some(2))])
-        .collect()
+    Level::available().into_iter().flat_map(|level| [Exec::new(level, Some(1)), Exec::new(level, Some(2))]).collect()
 }
 
 /// The shapes the issue asks every level to be tested on: C = 1, 3, 17, 1000 and
@@ -34,13 +27,7 @@ pub fn odd_shapes() -> Vec<Dims> {
     for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
         for c in [1, 3, 17, 1000] {
             for (h, w) in [(1, 1), (1, 7), (56, 56)] {
-                shapes.push(Dims {
-                    n: 2,
-                    h,
-                    w,
-                    c,
-                    layout,
-                });
+                shapes.push(Dims { n: 2, h, w, c, layout });
             }
         }
     }
@@ -57,10 +44,7 @@ pub fn assert_close(got: &[f32], want: &[f64], rtol: f64, atol: f64, what: &str)
         } else if w.is_infinite() {
             assert_eq!(g as f64, w, "{what}[{i}]");
         } else {
-            assert!(
-                (g as f64 - w).abs() <= atol + rtol * w.abs(),
-                "{what}[{i}]: got {g}, want {w}"
-            );
+            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w}");
         }
     }
 }

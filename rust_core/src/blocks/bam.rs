@@ -22,31 +22,17 @@ pub struct Bam {
 impl Bam {
     /// `channel_mlp`: C -> ... -> C dense layers (ReLU on all but the last); `spatial_convs`:
     /// C -> ... -> 1 convolutions (ReLU on all but the last).
-    pub fn new(
-        channel_mlp: Vec<Dense>,
-        spatial_convs: Vec<Conv2d>,
-        fusion: Fusion,
-    ) -> Result<Self, String> {
+    pub fn new(channel_mlp: Vec<Dense>, spatial_convs: Vec<Conv2d>, fusion: Fusion) -> Result<Self, String> {
         let (Some(first), Some(last)) = (channel_mlp.first(), channel_mlp.last()) else {
             return Err("BAM: expected at least one channel dense layer".into());
         };
-        let (Some(first_conv), Some(last_conv)) = (spatial_convs.first(), spatial_convs.last())
-        else {
+        let (Some(first_conv), Some(last_conv)) = (spatial_convs.first(), spatial_convs.last()) else {
             return Err("BAM: expected at least one spatial convolution".into());
         };
         let c = first.inputs();
-        let dense_chain = channel_mlp
-            .windows(2)
-            .all(|p| p[0].outputs() == p[1].inputs());
-        let conv_chain = spatial_convs
-            .windows(2)
-            .all(|p| p[0].outputs() == p[1].inputs());
-        if !dense_chain
-            || last.outputs() != c
-            || first_conv.inputs() != c
-            || last_conv.outputs() != 1
-            || !conv_chain
-        {
+        let dense_chain = channel_mlp.windows(2).all(|p| p[0].outputs() == p[1].inputs());
+        let conv_chain = spatial_convs.windows(2).all(|p| p[0].outputs() == p[1].inputs());
+        if !dense_chain || last.outputs() != c || first_conv.inputs() != c || last_conv.outputs() != 1 || !conv_chain {
             return Err(format!(
                 "BAM: expected channel layers C -> ... -> C and spatial convolutions C -> ... -> 1 with C = {c}, \
                  got dense {:?} and convolutions {:?}",
@@ -54,11 +40,7 @@ impl Bam {
                 spatial_convs.iter().map(|d| (d.inputs(), d.outputs())).collect::<Vec<_>>()
             ));
         }
-        Ok(Bam {
-            channel_mlp,
-            spatial_convs,
-            fusion,
-        })
+        Ok(Bam { channel_mlp, spatial_convs, fusion })
     }
 
     pub fn channels(&self) -> usize {
@@ -76,23 +58,10 @@ impl Bam {
 
             let pixels = dims.pixels();
             let mut spatial_logits = vec![0.0; dims.n * pixels];
-            let images: Vec<_> = x
-                .chunks_exact(dims.image_len())
-                .zip(spatial_logits.chunks_exact_mut(pixels))
-                .collect();
-            exec.for_each(images, dims.image_len(), |(x, logits), exec| {
-                self.spatial_logits(exec, x, dims, logits)
-            });
+            let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(spatial_logits.chunks_exact_mut(pixels)).collect();
+            exec.for_each(images, dims.image_len(), |(x, logits), exec| self.spatial_logits(exec, x, dims, logits));
 
-            apply_bam(
-                exec,
-                x,
-                dims,
-                &channel_logits,
-                &spatial_logits,
-                self.fusion,
-                out,
-            );
+            apply_bam(exec, x, dims, &channel_logits, &spatial_logits, self.fusion, out);
         });
     }
 
@@ -103,14 +72,7 @@ impl Bam {
             Layout::ChannelsLast => (c, 1),
             Layout::ChannelsFirst => (1, pixels),
         };
-        let mut map = Strided {
-            data: x,
-            offset: 0,
-            rows: pixels,
-            cols: c,
-            row_stride,
-            col_stride,
-        };
+        let mut map = Strided { data: x, offset: 0, rows: pixels, cols: c, row_stride, col_stride };
         let mut buffer = Vec::new();
         for conv in &self.spatial_convs {
             let mut next = vec![0.0; pixels * conv.width()];
@@ -120,10 +82,7 @@ impl Bam {
             map.cols = conv.outputs();
             map.row_stride = conv.width();
         }
-        for (logit, row) in logits
-            .iter_mut()
-            .zip(buffer.chunks_exact(self.spatial_convs[self.spatial_convs.len() - 1].width()))
-        {
+        for (logit, row) in logits.iter_mut().zip(buffer.chunks_exact(self.spatial_convs[self.spatial_convs.len() - 1].width())) {
             *logit = row[0];
         }
     }

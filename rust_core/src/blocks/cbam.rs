@@ -21,11 +21,7 @@ pub struct ChannelGate {
 impl ChannelGate {
     /// `hidden` (C -> hidden, ReLU) and `output` (hidden -> C); at least one pool.
     pub fn new(hidden: Dense, output: Dense, avg: bool, max: bool) -> Result<Self, String> {
-        if !hidden.relu
-            || output.relu
-            || hidden.outputs() != output.inputs()
-            || output.outputs() != hidden.inputs()
-        {
+        if !hidden.relu || output.relu || hidden.outputs() != output.inputs() || output.outputs() != hidden.inputs() {
             return Err(format!(
                 "channel gate: expected C -> hidden (ReLU) -> C dense layers, got {} -> {} and {} -> {}",
                 hidden.inputs(),
@@ -37,12 +33,7 @@ impl ChannelGate {
         if !(avg || max) {
             return Err("channel gate: expected at least one of the avg and max pools".into());
         }
-        Ok(ChannelGate {
-            hidden,
-            output,
-            avg,
-            max,
-        })
+        Ok(ChannelGate { hidden, output, avg, max })
     }
 
     pub fn channels(&self) -> usize {
@@ -53,10 +44,7 @@ impl ChannelGate {
     pub fn gates(&self, level: Level, mean: &[f32], max: &[f32]) -> Vec<f32> {
         let c = self.channels();
         let n = mean.len() / c;
-        let pools: Vec<&[f32]> = [self.avg.then_some(mean), self.max.then_some(max)]
-            .into_iter()
-            .flatten()
-            .collect();
+        let pools: Vec<&[f32]> = [self.avg.then_some(mean), self.max.then_some(max)].into_iter().flatten().collect();
         let k = pools.len();
         // Plain loops: the nested iterator adaptors here were not inlined (measured, C = 2048).
         let mut descriptors = Vec::with_capacity(n * k * c);
@@ -85,14 +73,7 @@ pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -
     let mut current = input.to_vec();
     let mut view_stride = layers[0].inputs();
     for layer in layers {
-        let view = Strided {
-            data: &current,
-            offset: 0,
-            rows,
-            cols: layer.inputs(),
-            row_stride: view_stride,
-            col_stride: 1,
-        };
+        let view = Strided { data: &current, offset: 0, rows, cols: layer.inputs(), row_stride: view_stride, col_stride: 1 };
         let mut next = vec![0.0; rows * layer.weights.width()];
         layer.forward(level, view, &mut next);
         current = next;
@@ -113,10 +94,7 @@ pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]
 pub(crate) fn pooled_mlp(level: Level, mean: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
     let logits = mlp(level, layers, mean, dims.n);
     let width = layers[layers.len() - 1].weights.width();
-    logits
-        .chunks_exact(width)
-        .flat_map(|row| row[..dims.c].iter().copied())
-        .collect()
+    logits.chunks_exact(width).flat_map(|row| row[..dims.c].iter().copied()).collect()
 }
 
 /// CBAM (`channel` then `spatial`), or either gate alone (ChannelAttention, SpatialAttention).
@@ -129,24 +107,13 @@ pub struct Cbam {
 
 impl Cbam {
     /// `channels` is the channel count the layer was built for.
-    pub fn new(
-        channel: Option<ChannelGate>,
-        spatial: Option<PoolConv>,
-        channels: usize,
-    ) -> Result<Self, String> {
+    pub fn new(channel: Option<ChannelGate>, spatial: Option<PoolConv>, channels: usize) -> Result<Self, String> {
         match &channel {
-            None if spatial.is_none() => {
-                Err("CBAM: expected a channel gate, a spatial gate or both".into())
+            None if spatial.is_none() => Err("CBAM: expected a channel gate, a spatial gate or both".into()),
+            Some(gate) if gate.channels() != channels => {
+                Err(format!("CBAM: the channel gate has {} channels, expected {channels}", gate.channels()))
             }
-            Some(gate) if gate.channels() != channels => Err(format!(
-                "CBAM: the channel gate has {} channels, expected {channels}",
-                gate.channels()
-            )),
-            _ => Ok(Cbam {
-                channel,
-                spatial,
-                channels,
-            }),
+            _ => Ok(Cbam { channel, spatial, channels }),
         }
     }
 
@@ -169,11 +136,7 @@ impl Cbam {
             let spatial = self.spatial.as_ref().map(|conv| {
                 let pixels = dims.pixels();
                 let mut maps = vec![0.0; dims.n * pixels];
-                let images: Vec<_> = x
-                    .chunks_exact(dims.image_len())
-                    .zip(maps.chunks_exact_mut(pixels))
-                    .enumerate()
-                    .collect();
+                let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(maps.chunks_exact_mut(pixels)).enumerate().collect();
                 exec.for_each(images, dims.image_len(), |(n, (x, map)), exec| {
                     let gate = gates.as_ref().map(|g| &g[n * dims.c..(n + 1) * dims.c]);
                     let (mut mean, mut max) = (vec![0.0; pixels], vec![0.0; pixels]);
@@ -208,11 +171,7 @@ mod tests {
     fn unfused(cbam: &Cbam, exec: Exec, x: &[f32], dims: Dims) -> Vec<f32> {
         let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
         channel_pool(exec, x, dims, &mut mean, &mut max);
-        let g = cbam
-            .channel
-            .as_ref()
-            .unwrap()
-            .gates(exec.level, &mean, &max);
+        let g = cbam.channel.as_ref().unwrap().gates(exec.level, &mean, &max);
         let mut scaled = vec![0.0; x.len()];
         apply_gates(exec, x, dims, Some(&g), None, &mut scaled);
         let mut pooled = vec![0.0; dims.n * dims.pixels() * 2];
@@ -222,20 +181,10 @@ mod tests {
         for n in 0..dims.n {
             let image = &pooled[n * 2 * p..(n + 1) * 2 * p];
             let (max, mean): (Vec<f32>, Vec<f32>) = match dims.layout {
-                Layout::ChannelsLast => (
-                    image.iter().step_by(2).copied().collect(),
-                    image.iter().skip(1).step_by(2).copied().collect(),
-                ),
+                Layout::ChannelsLast => (image.iter().step_by(2).copied().collect(), image.iter().skip(1).step_by(2).copied().collect()),
                 Layout::ChannelsFirst => (image[..p].to_vec(), image[p..].to_vec()),
             };
-            cbam.spatial.as_ref().unwrap().forward(
-                exec.level,
-                &max,
-                &mean,
-                dims.h,
-                dims.w,
-                &mut s[n * p..(n + 1) * p],
-            );
+            cbam.spatial.as_ref().unwrap().forward(exec.level, &max, &mean, dims.h, dims.w, &mut s[n * p..(n + 1) * p]);
         }
         sigmoid_in_place(exec.level, &mut s);
         let mut out = vec![0.0; x.len()];
@@ -251,19 +200,10 @@ mod tests {
                 let cbam = block(c, (c / 16).max(1));
                 let x = data(dims.len(), 9);
                 for exec in execs() {
-                    let want: Vec<f64> = unfused(&cbam, exec, &x, dims)
-                        .iter()
-                        .map(|&v| v as f64)
-                        .collect();
+                    let want: Vec<f64> = unfused(&cbam, exec, &x, dims).iter().map(|&v| v as f64).collect();
                     let mut out = vec![f32::NAN; x.len()];
                     cbam.forward(exec, &x, dims, &mut out);
-                    assert_close(
-                        &out,
-                        &want,
-                        1e-5,
-                        1e-6,
-                        &format!("cbam {dims:?} {}", exec.level.name()),
-                    );
+                    assert_close(&out, &want, 1e-5, 1e-6, &format!("cbam {dims:?} {}", exec.level.name()));
                 }
             }
         }
@@ -273,9 +213,7 @@ mod tests {
     fn inconsistent_weights_are_errors() {
         let hidden = Dense::new(&[0.0; 8], &[0.0; 2], 4, true).unwrap();
         let output = Dense::new(&[0.0; 6], &[0.0; 3], 2, false).unwrap();
-        assert!(ChannelGate::new(hidden, output, true, false)
-            .unwrap_err()
-            .contains("4 -> 2 and 2 -> 3"));
+        assert!(ChannelGate::new(hidden, output, true, false).unwrap_err().contains("4 -> 2 and 2 -> 3"));
         assert!(Cbam::new(None, None, 4).is_err());
     }
 }

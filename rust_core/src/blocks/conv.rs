@@ -26,23 +26,11 @@ impl PoolConv {
                 kernel.len()
             ));
         }
-        Ok(PoolConv {
-            size,
-            kernel: kernel.to_vec(),
-            bias,
-        })
+        Ok(PoolConv { size, kernel: kernel.to_vec(), bias })
     }
 
     /// `out` (H x W) = the convolution of the planes `max` and `mean` (H x W each).
-    pub fn forward(
-        &self,
-        level: Level,
-        max: &[f32],
-        mean: &[f32],
-        h: usize,
-        w: usize,
-        out: &mut [f32],
-    ) {
+    pub fn forward(&self, level: Level, max: &[f32], mean: &[f32], h: usize, w: usize, out: &mut [f32]) {
         assert!(max.len() == h * w && mean.len() == h * w && out.len() == h * w);
         // Zero-padded copies of both planes. Rows are wide enough that every output vector,
         // including the last partial one of a row, loads whole vectors without a bounds check.
@@ -55,15 +43,7 @@ impl PoolConv {
                 plane[(y + pad) * stride + pad..][..w].copy_from_slice(src_row);
             }
         }
-        level.dispatch(PoolConvOp {
-            conv: self,
-            padded: &padded,
-            stride,
-            rows,
-            h,
-            w,
-            out,
-        });
+        level.dispatch(PoolConvOp { conv: self, padded: &padded, stride, rows, h, w, out });
     }
 }
 
@@ -85,15 +65,7 @@ impl WithSimd for PoolConvOp<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            conv,
-            padded,
-            stride,
-            rows,
-            h,
-            w,
-            out,
-        } = self;
+        let Self { conv, padded, stride, rows, h, w, out } = self;
         let lanes = S::F32_LANES;
         let k = conv.size;
         for y in 0..h {
@@ -143,12 +115,7 @@ impl WithSimd for Pointwise<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            conv,
-            input,
-            pixels,
-            out,
-        } = self;
+        let Self { conv, input, pixels, out } = self;
         let (lanes, width, outputs) = (S::F32_LANES, conv.width(), conv.outputs());
         let tap = &conv.taps[0];
         let mut lanes_out = [0.0f32; COLUMN_PAD];
@@ -170,8 +137,7 @@ impl WithSimd for Pointwise<'_> {
                     simd.partial_store_f32s(&mut lanes_out[..lanes], *a);
                     for (l, v) in lanes_out[..count].iter().enumerate() {
                         let value = v + conv.bias[j0 + k];
-                        out[(p0 - pixels.start + l) * width + j0 + k] =
-                            if conv.relu { value.max(0.0) } else { value };
+                        out[(p0 - pixels.start + l) * width + j0 + k] = if conv.relu { value.max(0.0) } else { value };
                     }
                 }
             }
@@ -197,37 +163,20 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// `kernel`: Keras' (K, K, inputs, outputs) layout, row-major; `bias`: `outputs` values.
-    pub fn new(
-        kernel: &[f32],
-        size: usize,
-        inputs: usize,
-        bias: &[f32],
-        dilation: usize,
-        relu: bool,
-    ) -> Result<Self, String> {
+    pub fn new(kernel: &[f32], size: usize, inputs: usize, bias: &[f32], dilation: usize, relu: bool) -> Result<Self, String> {
         let outputs = bias.len();
-        if size.is_multiple_of(2) || dilation == 0 || kernel.len() != size * size * inputs * outputs
-        {
+        if size.is_multiple_of(2) || dilation == 0 || kernel.len() != size * size * inputs * outputs {
             return Err(format!(
                 "conv: expected an odd kernel size, dilation >= 1 and {size} x {size} x {inputs} x {outputs} weights, \
                  got size {size}, dilation {dilation} and {} weights",
                 kernel.len()
             ));
         }
-        let taps = kernel
-            .chunks_exact(inputs * outputs)
-            .map(|w| Weights::new(w, inputs, outputs))
-            .collect::<Result<_, _>>()?;
+        let taps = kernel.chunks_exact(inputs * outputs).map(|w| Weights::new(w, inputs, outputs)).collect::<Result<_, _>>()?;
         let taps: Vec<Weights> = taps;
         let mut padded_bias = vec![0.0; taps[0].width()];
         padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Conv2d {
-            size,
-            dilation,
-            taps,
-            bias: padded_bias,
-            relu,
-        })
+        Ok(Conv2d { size, dilation, taps, bias: padded_bias, relu })
     }
 
     pub fn inputs(&self) -> usize {
@@ -246,12 +195,7 @@ impl Conv2d {
     /// `out` (H * W pixels x [`Conv2d::width`]) = the convolution of `input` (H * W pixels by
     /// `inputs` channels, read through its strides), rows shared among threads when large.
     pub fn forward(&self, exec: Exec, input: Strided, h: usize, w: usize, out: &mut [f32]) {
-        assert!(
-            input.rows == h * w
-                && input.cols == self.inputs()
-                && input.in_bounds()
-                && out.len() == h * w * self.width()
-        );
+        assert!(input.rows == h * w && input.cols == self.inputs() && input.in_bounds() && out.len() == h * w * self.width());
         let cin = self.inputs();
         if self.size == 1 && input.col_stride == 1 {
             return self.products(exec, &[(input, &self.taps[0])], out);
@@ -295,17 +239,7 @@ impl Conv2d {
             .map(|(t, tap)| {
                 let (ky, kx) = (t / self.size * self.dilation, t % self.size * self.dilation);
                 let offset = (ky * stride + kx) * cin;
-                (
-                    Strided {
-                        data: &padded,
-                        offset,
-                        rows: h * stride,
-                        cols: cin,
-                        row_stride: cin,
-                        col_stride: 1,
-                    },
-                    tap,
-                )
+                (Strided { data: &padded, offset, rows: h * stride, cols: cin, row_stride: cin, col_stride: 1 }, tap)
             })
             .collect();
         if pad == 0 {
@@ -323,25 +257,14 @@ impl Conv2d {
     fn products(&self, exec: Exec, terms: &[(Strided, &Weights)], out: &mut [f32]) {
         let (rows, width) = (terms[0].0.rows, self.width());
         let work = rows * terms.len() * self.inputs() * width;
-        let rows_per_task = if exec.splits(work / 8) {
-            rows.div_ceil(4 * exec.threads)
-        } else {
-            rows
-        };
+        let rows_per_task = if exec.splits(work / 8) { rows.div_ceil(4 * exec.threads) } else { rows };
         let task = |(t, out): (usize, &mut [f32])| {
             self.fill_bias(out);
             let parts: Vec<(Strided, &Weights)> = terms
                 .iter()
                 .map(|(view, weights)| {
                     let offset = view.offset + t * rows_per_task * view.row_stride;
-                    (
-                        Strided {
-                            offset,
-                            rows: out.len() / width,
-                            ..*view
-                        },
-                        *weights,
-                    )
+                    (Strided { offset, rows: out.len() / width, ..*view }, *weights)
                 })
                 .collect();
             matmul_acc(exec.level, &parts, out);
@@ -350,10 +273,7 @@ impl Conv2d {
             }
         };
         if rows_per_task < rows {
-            exec.map(
-                out.chunks_mut(rows_per_task * width).enumerate().collect(),
-                task,
-            );
+            exec.map(out.chunks_mut(rows_per_task * width).enumerate().collect(), task);
         } else {
             task((0, out));
         }
@@ -364,36 +284,25 @@ impl Conv2d {
     fn pointwise_channels_first(&self, exec: Exec, input: Strided, out: &mut [f32]) {
         let width = self.width();
         let rows_per_task = if exec.splits(input.rows * input.cols * width / 8) {
-            input
-                .rows
-                .div_ceil(4 * exec.threads)
-                .next_multiple_of(COLUMN_PAD)
+            input.rows.div_ceil(4 * exec.threads).next_multiple_of(COLUMN_PAD)
         } else {
             input.rows
         };
         let task = |(t, out): (usize, &mut [f32])| {
             let pixels = t * rows_per_task..t * rows_per_task + out.len() / width;
-            exec.level.dispatch(Pointwise {
-                conv: self,
-                input,
-                pixels,
-                out,
-            });
+            exec.level.dispatch(Pointwise { conv: self, input, pixels, out });
         };
         if rows_per_task < input.rows {
-            exec.map(
-                out.chunks_mut(rows_per_task * width).enumerate().collect(),
-                task,
-            );
+            exec.map(out.chunks_mut(rows_per_task * width).enumerate().collect(), task);
         } else {
             task((0, out));
         }
     }
 
     fn fill_bias(&self, out: &mut [f32]) {
-        out.chunks_exact_mut(self.bias.len())
-            .for_each(|row| row.copy_from_slice(&self.bias));
+        out.chunks_exact_mut(self.bias.len()).for_each(|row| row.copy_from_slice(&self.bias));
     }
+
 }
 
 #[cfg(test)]
@@ -403,16 +312,7 @@ mod tests {
 
     /// "Same" convolution of an (H, W, Cin) map with a (K, K, Cin, Cout) kernel, in f64.
     #[allow(clippy::too_many_arguments)]
-    fn reference(
-        x: &[f32],
-        h: usize,
-        w: usize,
-        cin: usize,
-        kernel: &[f32],
-        k: usize,
-        cout: usize,
-        d: usize,
-    ) -> Vec<f64> {
+    fn reference(x: &[f32], h: usize, w: usize, cin: usize, kernel: &[f32], k: usize, cout: usize, d: usize) -> Vec<f64> {
         let pad = (d * (k - 1) / 2) as isize;
         let mut out = vec![0.0; h * w * cout];
         for y in 0..h as isize {
@@ -427,8 +327,7 @@ mod tests {
                             let v = x[(sy as usize * w + sx as usize) * cin + ci] as f64;
                             for co in 0..cout {
                                 let wi = ((ky as usize * k + kx as usize) * cin + ci) * cout + co;
-                                out[(y as usize * w + xx as usize) * cout + co] +=
-                                    v * kernel[wi] as f64;
+                                out[(y as usize * w + xx as usize) * cout + co] += v * kernel[wi] as f64;
                             }
                         }
                     }
@@ -445,77 +344,40 @@ mod tests {
             let (max, mean) = planes.split_at(h * w);
             let kernel = data(k * k * 2, 2);
             let interleaved: Vec<f32> = (0..h * w).flat_map(|p| [max[p], mean[p]]).collect();
-            let want: Vec<f64> = reference(&interleaved, h, w, 2, &kernel, k, 1, 1)
-                .iter()
-                .map(|v| v + 0.25)
-                .collect();
+            let want: Vec<f64> = reference(&interleaved, h, w, 2, &kernel, k, 1, 1).iter().map(|v| v + 0.25).collect();
             let conv = PoolConv::new(&kernel, k, 0.25).unwrap();
             for level in Level::available() {
                 let mut out = vec![f32::NAN; h * w];
                 conv.forward(level, max, mean, h, w, &mut out);
-                assert_close(
-                    &out,
-                    &want,
-                    1e-5,
-                    1e-5,
-                    &format!("pool conv {h}x{w} k{k} {}", level.name()),
-                );
+                assert_close(&out, &want, 1e-5, 1e-5, &format!("pool conv {h}x{w} k{k} {}", level.name()));
             }
         }
     }
 
     #[test]
     fn conv2d_matches_reference_on_every_level() {
-        for (h, w, cin, cout, k, d) in [
-            (7, 9, 5, 3, 3, 2),
-            (14, 14, 16, 16, 3, 4),
-            (6, 5, 20, 4, 1, 1),
-            (3, 3, 2, 1, 3, 4),
-        ] {
+        for (h, w, cin, cout, k, d) in [(7, 9, 5, 3, 3, 2), (14, 14, 16, 16, 3, 4), (6, 5, 20, 4, 1, 1), (3, 3, 2, 1, 3, 4)] {
             let x = data(h * w * cin, 3);
             let kernel = data(k * k * cin * cout, 4);
             let bias = data(cout, 5);
             let want: Vec<f64> = reference(&x, h, w, cin, &kernel, k, cout, d)
                 .chunks_exact(cout)
-                .flat_map(|px| {
-                    px.iter()
-                        .zip(&bias)
-                        .map(|(v, b)| (v + *b as f64).max(0.0))
-                        .collect::<Vec<_>>()
-                })
+                .flat_map(|px| px.iter().zip(&bias).map(|(v, b)| (v + *b as f64).max(0.0)).collect::<Vec<_>>())
                 .collect();
             let conv = Conv2d::new(&kernel, k, cin, &bias, d, true).unwrap();
             for exec in crate::test_util::execs() {
                 let mut out = vec![f32::NAN; h * w * conv.width()];
                 exec.run(|| conv.forward(exec, Strided::row_major(&x, h * w, cin), h, w, &mut out));
                 // The same map channels-first: read through a column stride.
-                let channels_first: Vec<f32> = (0..h * w * cin)
-                    .map(|i| x[(i % (h * w)) * cin + i / (h * w)])
-                    .collect();
-                let view = Strided {
-                    data: &channels_first,
-                    offset: 0,
-                    rows: h * w,
-                    cols: cin,
-                    row_stride: 1,
-                    col_stride: h * w,
-                };
+                let channels_first: Vec<f32> = (0..h * w * cin).map(|i| x[(i % (h * w)) * cin + i / (h * w)]).collect();
+                let view = Strided { data: &channels_first, offset: 0, rows: h * w, cols: cin, row_stride: 1, col_stride: h * w };
                 let mut out_cf = vec![f32::NAN; h * w * conv.width()];
                 exec.run(|| conv.forward(exec, view, h, w, &mut out_cf));
                 let out_f64: Vec<f64> = out.iter().map(|&v| v as f64).collect();
                 assert_close(&out_cf, &out_f64, 1e-5, 1e-5, "channels-first input");
                 let level = exec.level;
-                let got: Vec<f32> = out
-                    .chunks_exact(conv.width())
-                    .flat_map(|px| px[..cout].to_vec())
-                    .collect();
-                assert_close(
-                    &got,
-                    &want,
-                    1e-5,
-                    1e-5,
-                    &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()),
-                );
+                let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
+                assert_close(&got, &want, 1e-5, 1e-5, &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()));
             }
         }
     }

@@ -24,22 +24,14 @@ pub struct Strided<'a> {
 impl<'a> Strided<'a> {
     /// A dense row-major matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Strided {
-            data,
-            offset: 0,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
+        Strided { data, offset: 0, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
     /// Whether every element lies inside `data`.
     pub fn in_bounds(&self) -> bool {
         self.rows == 0
             || self.cols == 0
-            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
     }
 }
 
@@ -56,21 +48,14 @@ impl Weights {
     /// Conv2D kernel).
     pub fn new(w: &[f32], inputs: usize, outputs: usize) -> Result<Self, String> {
         if w.len() != inputs * outputs || inputs == 0 || outputs == 0 {
-            return Err(format!(
-                "weights: expected {inputs} x {outputs} values (both > 0), got {}",
-                w.len()
-            ));
+            return Err(format!("weights: expected {inputs} x {outputs} values (both > 0), got {}", w.len()));
         }
         let width = padded_width(outputs);
         let mut padded = vec![0.0; inputs * width];
         for (dst, src) in padded.chunks_exact_mut(width).zip(w.chunks_exact(outputs)) {
             dst[..outputs].copy_from_slice(src);
         }
-        Ok(Weights {
-            inputs,
-            outputs,
-            padded,
-        })
+        Ok(Weights { inputs, outputs, padded })
     }
 
     /// The row stride of outputs written by [`matmul_acc`]: `outputs` rounded up to
@@ -95,13 +80,7 @@ pub fn padded_width(n: usize) -> usize {
 pub fn matmul_acc(level: Level, terms: &[(Strided, &Weights)], out: &mut [f32]) {
     let (rows, width) = (terms[0].0.rows, terms[0].1.width());
     for (a, w) in terms {
-        assert!(
-            a.rows == rows
-                && a.col_stride == 1
-                && a.cols == w.inputs
-                && w.width() == width
-                && a.in_bounds()
-        );
+        assert!(a.rows == rows && a.col_stride == 1 && a.cols == w.inputs && w.width() == width && a.in_bounds());
     }
     assert!(out.len() == rows * width);
     level.dispatch(MatmulAcc { terms, out });
@@ -190,10 +169,7 @@ fn k_blocks(terms: &[(Strided, &Weights)]) -> Vec<Vec<Segment>> {
                 filled = 0;
             }
             let end = (k + K_BLOCK - filled).min(w.inputs);
-            blocks
-                .last_mut()
-                .expect("never empty")
-                .push(Segment { term, k: (k, end) });
+            blocks.last_mut().expect("never empty").push(Segment { term, k: (k, end) });
             filled += end - k;
             k = end;
         }
@@ -222,8 +198,7 @@ fn tile<S: Simd, const R: usize, const J: usize>(
     for segment in block {
         let (a, w) = &terms[segment.term];
         let (k0, k1) = segment.k;
-        let a_rows: [&[f32]; R] =
-            core::array::from_fn(|r| &a.data[a.offset + (row + r) * a.row_stride..][k0..k1]);
+        let a_rows: [&[f32]; R] = core::array::from_fn(|r| &a.data[a.offset + (row + r) * a.row_stride..][k0..k1]);
         let w_rows = w.padded[k0 * width..k1 * width].chunks_exact(width);
         for (k, w_row) in w_rows.enumerate() {
             let wv = &S::as_simd_f32s(w_row).0[first..first + J];
@@ -255,11 +230,7 @@ impl Dense {
         let weights = Weights::new(kernel, inputs, outputs)?;
         let mut padded_bias = vec![0.0; weights.width()];
         padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Dense {
-            weights,
-            bias: padded_bias,
-            relu,
-        })
+        Ok(Dense { weights, bias: padded_bias, relu })
     }
 
     pub fn inputs(&self) -> usize {
@@ -290,57 +261,31 @@ mod tests {
 
     #[test]
     fn dense_matches_reference_on_every_level_and_stride() {
-        for (rows, inputs, outputs) in [
-            (1, 1, 1),
-            (2, 3, 17),
-            (7, 256, 16),
-            (5, 33, 40),
-            (9, 600, 70),
-        ] {
+        for (rows, inputs, outputs) in [(1, 1, 1), (2, 3, 17), (7, 256, 16), (5, 33, 40), (9, 600, 70)] {
             let x = data(rows * inputs, 1);
             let kernel = data(inputs * outputs, 2);
             let bias = data(outputs, 3);
             let mut want = vec![0.0f64; rows * outputs];
             for r in 0..rows {
                 for o in 0..outputs {
-                    let dot: f64 = (0..inputs)
-                        .map(|i| x[r * inputs + i] as f64 * kernel[i * outputs + o] as f64)
-                        .sum();
+                    let dot: f64 = (0..inputs).map(|i| x[r * inputs + i] as f64 * kernel[i * outputs + o] as f64).sum();
                     want[r * outputs + o] = (dot + bias[o] as f64).max(0.0);
                 }
             }
             let dense = Dense::new(&kernel, &bias, inputs, true).unwrap();
             // Rows spaced wider than they are long, as padded maps are.
-            let spaced: Vec<f32> = x
-                .chunks_exact(inputs)
-                .flat_map(|row| [row, &[f32::NAN; 3][..]].concat())
-                .collect();
+            let spaced: Vec<f32> = x.chunks_exact(inputs).flat_map(|row| [row, &[f32::NAN; 3][..]].concat()).collect();
             let views = [
                 Strided::row_major(&x, rows, inputs),
-                Strided {
-                    data: &spaced,
-                    offset: 0,
-                    rows,
-                    cols: inputs,
-                    row_stride: inputs + 3,
-                    col_stride: 1,
-                },
+                Strided { data: &spaced, offset: 0, rows, cols: inputs, row_stride: inputs + 3, col_stride: 1 },
             ];
             for level in Level::available() {
                 for view in views {
                     let mut out = vec![f32::NAN; rows * dense.weights.width()];
                     dense.forward(level, view, &mut out);
-                    let got: Vec<f32> = out
-                        .chunks_exact(dense.weights.width())
-                        .flat_map(|row| row[..outputs].to_vec())
-                        .collect();
-                    assert_close(
-                        &got,
-                        &want,
-                        1e-5,
-                        1e-5,
-                        &format!("dense {rows}x{inputs}x{outputs} {}", level.name()),
-                    );
+                    let got: Vec<f32> =
+                        out.chunks_exact(dense.weights.width()).flat_map(|row| row[..outputs].to_vec()).collect();
+                    assert_close(&got, &want, 1e-5, 1e-5, &format!("dense {rows}x{inputs}x{outputs} {}", level.name()));
                 }
             }
         }
@@ -348,8 +293,6 @@ mod tests {
 
     #[test]
     fn bad_weight_shapes_are_errors() {
-        assert!(Dense::new(&[1.0; 5], &[0.0; 2], 3, false)
-            .unwrap_err()
-            .contains("expected 3 x 2"));
+        assert!(Dense::new(&[1.0; 5], &[0.0; 2], 3, false).unwrap_err().contains("expected 3 x 2"));
     }
 }

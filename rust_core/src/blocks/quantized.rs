@@ -27,10 +27,7 @@ use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use crate::simd::{neg_exp_in_place, sigmoid_in_place};
 use bam_rows::{bam_rows, BamGate};
-use kernels::{
-    channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows,
-    spatial_sum_max,
-};
+use kernels::{channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max};
 
 /// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,17 +71,9 @@ impl Quantization {
 
 /// The int8 semantics by definition: dequantize the whole map, run `forward` (a float block) on
 /// it, quantize its output. Plain scalar loops; the reference the fast paths are tested against.
-pub fn forward_reference(
-    q: Quantization,
-    x: &[i8],
-    out: &mut [i8],
-    forward: impl FnOnce(&[f32], &mut [f32]),
-) {
+pub fn forward_reference(q: Quantization, x: &[i8], out: &mut [i8], forward: impl FnOnce(&[f32], &mut [f32])) {
     assert_eq!(x.len(), out.len());
-    let xf: Vec<f32> = x
-        .iter()
-        .map(|&v| dequantize_one(v, q.input_scale, q.input_zero_point))
-        .collect();
+    let xf: Vec<f32> = x.iter().map(|&v| dequantize_one(v, q.input_scale, q.input_zero_point)).collect();
     let mut y = vec![0.0; x.len()];
     forward(&xf, &mut y);
     for (o, y) in out.iter_mut().zip(y) {
@@ -93,10 +82,7 @@ pub fn forward_reference(
 }
 
 fn check(x: &[i8], dims: Dims, channels: usize, out: &[i8]) {
-    assert!(
-        dims.layout == Layout::ChannelsLast,
-        "int8 blocks take NHWC maps"
-    );
+    assert!(dims.layout == Layout::ChannelsLast, "int8 blocks take NHWC maps");
     assert!(dims.c == channels && x.len() == dims.len() && out.len() == x.len());
 }
 
@@ -132,11 +118,7 @@ impl Cbam {
                 let mut max = vec![0.0; sum.len()];
                 spatial_sum_max(exec, x, dims, zero_point, &factor, &mut sum, &mut max);
                 let mut maps = vec![0.0; sum.len()];
-                for ((mean, max), map) in sum
-                    .chunks_exact_mut(dims.pixels())
-                    .zip(max.chunks_exact(dims.pixels()))
-                    .zip(maps.chunks_exact_mut(dims.pixels()))
-                {
+                for ((mean, max), map) in sum.chunks_exact_mut(dims.pixels()).zip(max.chunks_exact(dims.pixels())).zip(maps.chunks_exact_mut(dims.pixels())) {
                     mean.iter_mut().for_each(|m| *m /= dims.c as f32);
                     conv.forward(exec.level, max, mean, dims.h, dims.w, map);
                 }
@@ -147,19 +129,8 @@ impl Cbam {
             let in_range = in_range(&factors, spatial.as_deref().unwrap_or(&[1.0]));
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
-                let rows = spatial
-                    .as_ref()
-                    .map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
-                scale_rows(
-                    exec.level,
-                    x,
-                    zero_point,
-                    factor,
-                    rows,
-                    in_range,
-                    q.output_zero_point,
-                    out,
-                );
+                let rows = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
+                scale_rows(exec.level, x, zero_point, factor, rows, in_range, q.output_zero_point, out);
             });
         });
     }
@@ -180,16 +151,7 @@ impl SqueezeExcite {
             let in_range = in_range(&factors, &[1.0]);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
-                scale_rows(
-                    exec.level,
-                    x,
-                    q.input_zero_point,
-                    factor,
-                    None,
-                    in_range,
-                    q.output_zero_point,
-                    out,
-                );
+                scale_rows(exec.level, x, q.input_zero_point, factor, None, in_range, q.output_zero_point, out);
             });
         });
     }
@@ -217,52 +179,24 @@ impl Bam {
             let mut spatial_logits = vec![0.0; dims.n * pixels];
             let mut image = vec![0.0; dims.image_len()];
             let image_dims = Dims { n: 1, ..dims };
-            for (x, logits) in x
-                .chunks_exact(dims.image_len())
-                .zip(spatial_logits.chunks_exact_mut(pixels))
-            {
+            for (x, logits) in x.chunks_exact(dims.image_len()).zip(spatial_logits.chunks_exact_mut(pixels)) {
                 kernels::dequantize(exec.level, x, scale, zero_point, &mut image);
                 self.spatial_logits(exec, &image, image_dims, logits);
             }
 
-            let factors = self.fusion == Fusion::Sum
-                && channel_logits
-                    .iter()
-                    .chain(&spatial_logits)
-                    .all(|v| v.abs() <= BAM_FACTOR_LIMIT);
+            let factors = self.fusion == Fusion::Sum && channel_logits.iter().chain(&spatial_logits).all(|v| v.abs() <= BAM_FACTOR_LIMIT);
             if factors {
                 neg_exp_in_place(exec.level, &mut channel_logits);
                 neg_exp_in_place(exec.level, &mut spatial_logits);
             }
             let output_scale = scale / q.output_scale;
-            let finite = channel_logits
-                .iter()
-                .chain(&spatial_logits)
-                .all(|v| v.is_finite());
+            let finite = channel_logits.iter().chain(&spatial_logits).all(|v| v.is_finite());
             let in_range = finite && in_range(&[2.0 * output_scale], &[1.0]);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, scratch| {
                 let channel = &channel_logits[tile.n * dims.c..][..dims.c];
                 let spatial = &spatial_logits[tile.n * pixels + tile.first..][..tile.rows];
-                let gate = if factors {
-                    BamGate::Factors { channel, spatial }
-                } else {
-                    BamGate::Logits {
-                        channel,
-                        spatial,
-                        fusion: self.fusion,
-                    }
-                };
-                bam_rows(
-                    exec.level,
-                    x,
-                    zero_point,
-                    output_scale,
-                    gate,
-                    in_range,
-                    q.output_zero_point,
-                    out,
-                    scratch,
-                );
+                let gate = if factors { BamGate::Factors { channel, spatial } } else { BamGate::Logits { channel, spatial, fusion: self.fusion } };
+                bam_rows(exec.level, x, zero_point, output_scale, gate, in_range, q.output_zero_point, out, scratch);
             });
         });
     }

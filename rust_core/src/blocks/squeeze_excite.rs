@@ -17,11 +17,7 @@ pub struct SqueezeExcite {
 impl SqueezeExcite {
     /// `reduce` (C -> hidden, ReLU) and `expand` (hidden -> C).
     pub fn new(reduce: Dense, expand: Dense) -> Result<Self, String> {
-        if !reduce.relu
-            || expand.relu
-            || reduce.outputs() != expand.inputs()
-            || expand.outputs() != reduce.inputs()
-        {
+        if !reduce.relu || expand.relu || reduce.outputs() != expand.inputs() || expand.outputs() != reduce.inputs() {
             return Err(format!(
                 "squeeze-excite: expected C -> hidden (ReLU) -> C dense layers, got {} -> {} and {} -> {}",
                 reduce.inputs(),

@@ -39,14 +39,7 @@ impl Layout {
     /// The dimensions, `None` when one is dynamic (negative) or the rank is out of range.
     pub fn shape(&self) -> Option<Vec<usize>> {
         let rank = self.rank();
-        (rank <= 8)
-            .then(|| {
-                self.dimensions[..rank]
-                    .iter()
-                    .map(|&d| usize::try_from(d).ok())
-                    .collect()
-            })
-            .flatten()
+        (rank <= 8).then(|| self.dimensions[..rank].iter().map(|&d| usize::try_from(d).ok()).collect()).flatten()
     }
 }
 
@@ -62,25 +55,14 @@ const _: () = assert!(std::mem::size_of::<RankedTensorType>() == 72);
 
 impl RankedTensorType {
     pub fn zeroed() -> Self {
-        RankedTensorType {
-            element_type: 0,
-            layout: Layout {
-                rank_and_flags: 0,
-                dimensions: [0; 8],
-                strides: [0; 8],
-            },
-        }
+        RankedTensorType { element_type: 0, layout: Layout { rank_and_flags: 0, dimensions: [0; 8], strides: [0; 8] } }
     }
 }
 
 /// `LiteRtCustomOpKernel` (litert_custom_op_kernel.h).
 #[repr(C)]
 pub struct CustomOpKernel {
-    pub init: unsafe extern "C" fn(
-        user_data: *mut c_void,
-        init_data: *const c_void,
-        size: usize,
-    ) -> Status,
+    pub init: unsafe extern "C" fn(user_data: *mut c_void, init_data: *const c_void, size: usize) -> Status,
     pub get_output_layouts: unsafe extern "C" fn(
         user_data: *mut c_void,
         num_inputs: usize,
@@ -170,8 +152,7 @@ pub fn api(library: Option<&str>) -> Result<&'static Api, String> {
         // SAFETY: loading LiteRT runs its initialisers, which have no preconditions.
         let lib = unsafe {
             match library {
-                Some(path) => libloading::Library::new(path)
-                    .map_err(|e| format!("cannot load {path}: {e}"))?,
+                Some(path) => libloading::Library::new(path).map_err(|e| format!("cannot load {path}: {e}"))?,
                 None => libloading::Library::from(libloading::os::unix::Library::this()),
             }
         };

@@ -17,11 +17,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 /// `options` must be a live `LiteRtOptions`, `model` a live `LiteRtModel` or NULL; the options
 /// then compile that model only.
 #[no_mangle]
-pub unsafe extern "C" fn keras_attn_litert_register(
-    options: *mut c_void,
-    model: *mut c_void,
-    threads: c_int,
-) -> *mut c_void {
+pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, model: *mut c_void, threads: c_int) -> *mut c_void {
     let threads = usize::try_from(threads).ok().filter(|&t| t > 0);
     let result = api::api(None).and_then(|api| {
         let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
@@ -42,11 +38,7 @@ pub unsafe extern "C" fn keras_attn_litert_register(
 /// # Safety
 /// `handle` comes from `keras_attn_litert_register`; `buffer` holds `size` bytes (or is NULL).
 #[no_mangle]
-pub unsafe extern "C" fn keras_attn_litert_take_errors(
-    handle: *mut c_void,
-    buffer: *mut c_char,
-    size: usize,
-) -> c_int {
+pub unsafe extern "C" fn keras_attn_litert_take_errors(handle: *mut c_void, buffer: *mut c_char, size: usize) -> c_int {
     if handle.is_null() {
         return 0;
     }
@@ -74,10 +66,9 @@ pub unsafe extern "C" fn keras_attn_litert_release(handle: *mut c_void) {
 /// The crate version, a static NUL-terminated string.
 #[no_mangle]
 pub extern "C" fn keras_attn_litert_version() -> *const c_char {
-    static VERSION: &CStr =
-        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-            Ok(v) => v,
-            Err(_) => panic!("version has a NUL"),
-        };
+    static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("version has a NUL"),
+    };
     VERSION.as_ptr()
 }

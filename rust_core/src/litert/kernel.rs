@@ -9,10 +9,7 @@
 //! With constant weights, each node's block is built on its first run and kept in a
 //! [`BlockCache`] until LiteRT destroys the nodes (see [`Kernels::register`]).
 
-use super::api::{
-    self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32,
-    ELEMENT_INT8, LOCK_READ, LOCK_WRITE, OK,
-};
+use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, ELEMENT_INT8, LOCK_READ, LOCK_WRITE, OK};
 use super::ops::{self, BlockCache, OpKind, Output, Tensor, TensorData};
 use crate::exec::Exec;
 use crate::simd::Level;
@@ -48,41 +45,19 @@ impl Kernels {
     ///
     /// # Safety
     /// `options` must be a live `LiteRtOptions`.
-    pub unsafe fn register(
-        api: &Api,
-        options: Handle,
-        threads: Option<usize>,
-        cache_blocks: bool,
-    ) -> Result<Box<Kernels>, String> {
+    pub unsafe fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
         let blocks = cache_blocks.then(BlockCache::default);
-        let mut kernels = Box::new(Kernels {
-            threads,
-            errors: Mutex::new(Vec::new()),
-            blocks,
-            states: Vec::new(),
-            names: Vec::new(),
-        });
+        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), blocks, states: Vec::new(), names: Vec::new() });
         let this: *const Kernels = &*kernels;
-        kernels.states = OpKind::ALL
-            .iter()
-            .map(|&op| OpState { op, kernels: this })
-            .collect();
-        kernels.names = OpKind::ALL
-            .iter()
-            .map(|op| CString::new(op.name()).expect("op names have no NUL"))
-            .collect();
+        kernels.states = OpKind::ALL.iter().map(|&op| OpState { op, kernels: this }).collect();
+        kernels.names = OpKind::ALL.iter().map(|op| CString::new(op.name()).expect("op names have no NUL")).collect();
         for (state, name) in kernels.states.iter().zip(&kernels.names) {
             let user_data = state as *const OpState as *mut c_void;
             // SAFETY: `options` is a live LiteRtOptions; LiteRT copies the name and the kernel
             // table; `user_data` lives as long as the returned box.
-            let status = unsafe {
-                (api.LiteRtAddCustomOpKernelOption)(options, name.as_ptr(), 1, &KERNEL, user_data)
-            };
+            let status = unsafe { (api.LiteRtAddCustomOpKernelOption)(options, name.as_ptr(), 1, &KERNEL, user_data) };
             if status != OK {
-                return Err(format!(
-                    "LiteRtAddCustomOpKernelOption({:?}) failed with status {status}",
-                    name
-                ));
+                return Err(format!("LiteRtAddCustomOpKernelOption({:?}) failed with status {status}", name));
             }
         }
         Ok(kernels)
@@ -100,10 +75,7 @@ impl Kernels {
 
     fn record(&self, message: String) {
         eprintln!("keras_attn LiteRT kernel: {message}");
-        self.errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(message);
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(message);
     }
 }
 
@@ -117,9 +89,7 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
     let names: Vec<&str> = OpKind::ALL.iter().map(|op| op.name()).collect();
     let constant = |tensor: Handle| {
         let (mut weights, mut bytes, mut size) = (std::ptr::null_mut(), std::ptr::null(), 0usize);
-        (api.LiteRtGetTensorWeights)(tensor, &mut weights) == OK
-            && (api.LiteRtGetWeightsBytes)(weights, &mut bytes, &mut size) == OK
-            && size > 0
+        (api.LiteRtGetTensorWeights)(tensor, &mut weights) == OK && (api.LiteRtGetWeightsBytes)(weights, &mut bytes, &mut size) == OK && size > 0
     };
     let mut subgraphs = 0usize;
     if (api.LiteRtGetNumModelSubgraphs)(model, &mut subgraphs) != OK {
@@ -127,9 +97,7 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
     }
     for s in 0..subgraphs {
         let (mut subgraph, mut op_count) = (std::ptr::null_mut(), 0usize);
-        if (api.LiteRtGetModelSubgraph)(model, s, &mut subgraph) != OK
-            || (api.LiteRtGetNumSubgraphOps)(subgraph, &mut op_count) != OK
-        {
+        if (api.LiteRtGetModelSubgraph)(model, s, &mut subgraph) != OK || (api.LiteRtGetNumSubgraphOps)(subgraph, &mut op_count) != OK {
             return false;
         }
         for o in 0..op_count {
@@ -141,10 +109,7 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
             if (api.LiteRtGetCustomCode)(op, &mut code) != OK || code.is_null() {
                 continue;
             }
-            if !names
-                .iter()
-                .any(|name| std::ffi::CStr::from_ptr(code).to_bytes() == name.as_bytes())
-            {
+            if !names.iter().any(|name| std::ffi::CStr::from_ptr(code).to_bytes() == name.as_bytes()) {
                 continue;
             }
             if (api.LiteRtGetNumOpInputs)(op, &mut inputs) != OK {
@@ -162,12 +127,7 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
     true
 }
 
-static KERNEL: CustomOpKernel = CustomOpKernel {
-    init,
-    get_output_layouts,
-    run,
-    destroy,
-};
+static KERNEL: CustomOpKernel = CustomOpKernel { init, get_output_layouts, run, destroy };
 
 /// # Safety
 /// `user_data` is an `OpState` given to `LiteRtAddCustomOpKernelOption`, still alive.
@@ -178,11 +138,7 @@ unsafe fn state<'a>(user_data: *mut c_void) -> (&'a OpState, &'a Kernels) {
 
 unsafe extern "C" fn init(user_data: *mut c_void, data: *const c_void, size: usize) -> Status {
     let (state, kernels) = state(user_data);
-    let options = if data.is_null() {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(data as *const u8, size)
-    };
+    let options = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data as *const u8, size) };
     if let Err(e) = state.op.attributes(options) {
         kernels.record(e);
     }
@@ -206,10 +162,7 @@ unsafe extern "C" fn get_output_layouts(
     let config = &inputs[num_inputs - 1];
     let keys = state.op.keys().len();
     if config.shape() != Some(vec![keys]) {
-        kernels.record(format!(
-            "{name}: the last input must be the config vector of {keys} values, got shape {:?}",
-            config.shape()
-        ));
+        kernels.record(format!("{name}: the last input must be the config vector of {keys} values, got shape {:?}", config.shape()));
     }
     // Valid configs take one of these input counts; the exact one is checked in Run. The int8
     // variant takes one more, the quantization vector of shape [4] before the config: the
@@ -222,70 +175,38 @@ unsafe extern "C" fn get_output_layouts(
     };
     let int8_counts: Vec<usize> = float_counts.iter().map(|n| n + 1).collect();
     let looks_int8 = num_inputs >= 3 && inputs[num_inputs - 2].shape() == Some(vec![4]);
-    let valid =
-        float_counts.contains(&num_inputs) || (looks_int8 && int8_counts.contains(&num_inputs));
+    let valid = float_counts.contains(&num_inputs) || (looks_int8 && int8_counts.contains(&num_inputs));
     if !valid {
-        let (variant, possible) = if looks_int8 {
-            (" (int8)", int8_counts)
-        } else {
-            ("", float_counts)
-        };
-        kernels.record(format!(
-            "{name}{variant}: expected {possible:?} inputs, got {num_inputs}"
-        ));
+        let (variant, possible) = if looks_int8 { (" (int8)", int8_counts) } else { ("", float_counts) };
+        kernels.record(format!("{name}{variant}: expected {possible:?} inputs, got {num_inputs}"));
     }
     let out = &mut *outputs;
     // Zeroed first: LiteRT reads more than the dimensions.
-    *out = Layout {
-        rank_and_flags: 0,
-        dimensions: [0; 8],
-        strides: [0; 8],
-    };
+    *out = Layout { rank_and_flags: 0, dimensions: [0; 8], strides: [0; 8] };
     out.rank_and_flags = inputs[0].rank() as u32;
     out.dimensions = inputs[0].dimensions;
     OK
 }
 
-unsafe extern "C" fn run(
-    user_data: *mut c_void,
-    num_inputs: usize,
-    inputs: *const Handle,
-    num_outputs: usize,
-    outputs: *mut Handle,
-) -> Status {
+unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
     let (state, kernels) = state(user_data);
-    let Some(api) = api::loaded() else {
-        return api::ERROR_RUNTIME_FAILURE;
-    };
+    let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
     if num_outputs != 1 {
-        kernels.record(format!(
-            "{}: expected one output, got {num_outputs}",
-            state.op.name()
-        ));
+        kernels.record(format!("{}: expected one output, got {num_outputs}", state.op.name()));
         return OK;
     }
     let inputs = std::slice::from_raw_parts(inputs, num_inputs);
     let output = *outputs;
     let mut out_ptr: *mut c_void = std::ptr::null_mut();
     let mut out_size = 0usize;
-    if (api.LiteRtLockTensorBuffer)(output, &mut out_ptr, LOCK_WRITE) != OK
-        || (api.LiteRtGetTensorBufferSize)(output, &mut out_size) != OK
-    {
-        kernels.record(format!(
-            "{}: cannot lock the output buffer",
-            state.op.name()
-        ));
+    if (api.LiteRtLockTensorBuffer)(output, &mut out_ptr, LOCK_WRITE) != OK || (api.LiteRtGetTensorBufferSize)(output, &mut out_size) != OK {
+        kernels.record(format!("{}: cannot lock the output buffer", state.op.name()));
         return OK;
     }
     let mut out_type = api::RankedTensorType::zeroed();
     let mut out = match (api.LiteRtGetTensorBufferTensorType)(output, &mut out_type) {
-        OK if out_type.element_type == ELEMENT_INT8 => {
-            Output::I8(std::slice::from_raw_parts_mut(out_ptr as *mut i8, out_size))
-        }
-        _ => Output::F32(std::slice::from_raw_parts_mut(
-            out_ptr as *mut f32,
-            out_size / 4,
-        )),
+        OK if out_type.element_type == ELEMENT_INT8 => Output::I8(std::slice::from_raw_parts_mut(out_ptr as *mut i8, out_size)),
+        _ => Output::F32(std::slice::from_raw_parts_mut(out_ptr as *mut f32, out_size / 4)),
     };
     let mut locked = Vec::with_capacity(inputs.len());
     let mut zero_point = None;
@@ -299,42 +220,24 @@ unsafe extern "C" fn run(
                 || (api.LiteRtGetTensorBufferSize)(buffer, &mut size) != OK
                 || (api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_READ) != OK
             {
-                return Err(format!(
-                    "{}: input {i}: cannot read the tensor buffer",
-                    state.op.name()
-                ));
+                return Err(format!("{}: input {i}: cannot read the tensor buffer", state.op.name()));
             }
             locked.push(buffer);
-            let shape = tensor_type.layout.shape().ok_or_else(|| {
-                format!("{}: input {i}: dynamic or invalid shape", state.op.name())
-            })?;
+            let shape = tensor_type.layout.shape().ok_or_else(|| format!("{}: input {i}: dynamic or invalid shape", state.op.name()))?;
             let count = shape.iter().product::<usize>();
             let data = match tensor_type.element_type {
-                ELEMENT_FLOAT32 if size >= 4 * count => {
-                    TensorData::F32(std::slice::from_raw_parts(ptr as *const f32, count))
-                }
-                ELEMENT_INT32 if size >= 4 * count => {
-                    TensorData::I32(std::slice::from_raw_parts(ptr as *const i32, count))
-                }
-                ELEMENT_INT8 if size >= count => {
-                    TensorData::I8(std::slice::from_raw_parts(ptr as *const i8, count))
-                }
+                ELEMENT_FLOAT32 if size >= 4 * count => TensorData::F32(std::slice::from_raw_parts(ptr as *const f32, count)),
+                ELEMENT_INT32 if size >= 4 * count => TensorData::I32(std::slice::from_raw_parts(ptr as *const i32, count)),
+                ELEMENT_INT8 if size >= count => TensorData::I8(std::slice::from_raw_parts(ptr as *const i8, count)),
                 ELEMENT_FLOAT32 | ELEMENT_INT32 | ELEMENT_INT8 => {
-                    return Err(format!(
-                        "{}: input {i}: buffer of {size} bytes for shape {shape:?}",
-                        state.op.name()
-                    ))
+                    return Err(format!("{}: input {i}: buffer of {size} bytes for shape {shape:?}", state.op.name()))
                 }
                 _ => TensorData::Other("a type other than float32, int32 and int8"),
             };
             shapes.push(shape);
             datas.push(data);
         }
-        let tensors: Vec<Tensor> = shapes
-            .iter()
-            .zip(&datas)
-            .map(|(shape, &data)| Tensor { shape, data })
-            .collect();
+        let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
         zero_point = ops::output_zero_point(state.op, &tensors);
         let exec = Exec::new(Level::active(), kernels.threads);
         let out = out.reborrow();

@@ -28,12 +28,7 @@ use std::sync::{Arc, RwLock};
 pub const VERSION: i64 = 1;
 
 /// The optional custom-option keys of an int8 op, in the order of its quantization vector.
-pub const QUANTIZATION_KEYS: [&str; 4] = [
-    "input_scale",
-    "input_zero_point",
-    "output_scale",
-    "output_zero_point",
-];
+pub const QUANTIZATION_KEYS: [&str; 4] = ["input_scale", "input_zero_point", "output_scale", "output_zero_point"];
 
 /// One of the fused ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,22 +54,9 @@ impl OpKind {
     /// The attribute names, in the order of the config tensor.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            OpKind::Cbam => &[
-                "version",
-                "channel_gate",
-                "spatial_gate",
-                "pool_avg",
-                "pool_max",
-                "kernel_size",
-            ],
+            OpKind::Cbam => &["version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size"],
             OpKind::SqueezeExcite => &["version"],
-            OpKind::Bam => &[
-                "version",
-                "dense_layers",
-                "conv_layers",
-                "dilation",
-                "fusion_product",
-            ],
+            OpKind::Bam => &["version", "dense_layers", "conv_layers", "dilation", "fusion_product"],
         }
     }
 
@@ -83,29 +65,18 @@ impl OpKind {
     pub fn validate(self, values: &[i64]) -> Result<usize, String> {
         let name = self.name();
         if values.len() != self.keys().len() {
-            return Err(format!(
-                "{name}: expected {} attributes {:?}, got {}",
-                self.keys().len(),
-                self.keys(),
-                values.len()
-            ));
+            return Err(format!("{name}: expected {} attributes {:?}, got {}", self.keys().len(), self.keys(), values.len()));
         }
         if values[0] != VERSION {
             return Err(format!("{name}: attribute version {} is not supported (this build reads version {VERSION})", values[0]));
         }
         let flag = |i: usize| match values[i] {
             0 | 1 => Ok(values[i] == 1),
-            v => Err(format!(
-                "{name}: attribute {} must be 0 or 1, got {v}",
-                self.keys()[i]
-            )),
+            v => Err(format!("{name}: attribute {} must be 0 or 1, got {v}", self.keys()[i])),
         };
         let range = |i: usize, lo: i64, hi: i64| match values[i] {
             v if (lo..=hi).contains(&v) => Ok(v as usize),
-            v => Err(format!(
-                "{name}: attribute {} must be in {lo}..={hi}, got {v}",
-                self.keys()[i]
-            )),
+            v => Err(format!("{name}: attribute {} must be in {lo}..={hi}, got {v}", self.keys()[i])),
         };
         // The map, the weights, the config.
         match self {
@@ -114,14 +85,10 @@ impl OpKind {
                 let (avg, max) = (flag(3)?, flag(4)?);
                 let size = range(5, 1, 255)?;
                 if !channel && !spatial {
-                    return Err(format!(
-                        "{name}: expected channel_gate or spatial_gate (or both) to be 1"
-                    ));
+                    return Err(format!("{name}: expected channel_gate or spatial_gate (or both) to be 1"));
                 }
                 if channel && !(avg || max) {
-                    return Err(format!(
-                        "{name}: the channel gate needs pool_avg or pool_max"
-                    ));
+                    return Err(format!("{name}: the channel gate needs pool_avg or pool_max"));
                 }
                 if spatial && size.is_multiple_of(2) {
                     return Err(format!("{name}: kernel_size must be odd, got {size}"));
@@ -143,19 +110,14 @@ impl OpKind {
     pub fn attributes(self, options: &[u8]) -> Result<Vec<i64>, String> {
         let name = self.name();
         let bad = |what: String| format!("{name}: malformed attributes ({what})");
-        let root = flexbuffers::Reader::get_root(options)
-            .map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
+        let root = flexbuffers::Reader::get_root(options).map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
         let map = root.get_map().map_err(|e| bad(format!("not a map: {e}")))?;
         let values = self
             .keys()
             .iter()
             .map(|key| {
-                let value = map
-                    .index(*key)
-                    .map_err(|_| bad(format!("missing {key:?}")))?;
-                value
-                    .get_i64()
-                    .map_err(|_| bad(format!("{key:?} is not an integer")))
+                let value = map.index(*key).map_err(|_| bad(format!("missing {key:?}")))?;
+                value.get_i64().map_err(|_| bad(format!("{key:?} is not an integer")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.validate(&values)?;
@@ -169,20 +131,14 @@ impl OpKind {
         use flexbuffers::FlexBufferType as T;
         let name = self.name();
         let bad = |what: String| format!("{name}: malformed quantization attributes ({what})");
-        let root = flexbuffers::Reader::get_root(options)
-            .map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
+        let root = flexbuffers::Reader::get_root(options).map_err(|e| bad(format!("not a flexbuffer: {e}")))?;
         let map = root.get_map().map_err(|e| bad(format!("not a map: {e}")))?;
         let values: Vec<Option<f64>> = QUANTIZATION_KEYS
             .iter()
             .map(|key| match map.index(*key) {
                 Err(_) => Ok(None),
                 Ok(v) => match v.flexbuffer_type() {
-                    T::Int
-                    | T::UInt
-                    | T::Float
-                    | T::IndirectInt
-                    | T::IndirectUInt
-                    | T::IndirectFloat => Ok(Some(v.as_f64())),
+                    T::Int | T::UInt | T::Float | T::IndirectInt | T::IndirectUInt | T::IndirectFloat => Ok(Some(v.as_f64())),
                     other => Err(bad(format!("{key:?} must be a number, got {other:?}"))),
                 },
             })
@@ -195,15 +151,8 @@ impl OpKind {
                 q.map(Some).map_err(bad)
             }
             _ => {
-                let missing: Vec<&str> = QUANTIZATION_KEYS
-                    .iter()
-                    .zip(&values)
-                    .filter(|(_, v)| v.is_none())
-                    .map(|(k, _)| *k)
-                    .collect();
-                Err(bad(format!(
-                    "expected all of {QUANTIZATION_KEYS:?} or none, missing {missing:?}"
-                )))
+                let missing: Vec<&str> = QUANTIZATION_KEYS.iter().zip(&values).filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+                Err(bad(format!("expected all of {QUANTIZATION_KEYS:?} or none, missing {missing:?}")))
             }
         }
     }
@@ -229,10 +178,7 @@ impl<'a> Tensor<'a> {
     fn f32(&self, what: &str) -> Result<&'a [f32], String> {
         match self.data {
             TensorData::F32(d) if d.len() == self.shape.iter().product::<usize>() => Ok(d),
-            TensorData::F32(_) => Err(format!(
-                "{what}: buffer size does not match shape {:?}",
-                self.shape
-            )),
+            TensorData::F32(_) => Err(format!("{what}: buffer size does not match shape {:?}", self.shape)),
             TensorData::I32(_) => Err(format!("{what}: expected float32, got int32")),
             TensorData::I8(_) => Err(format!("{what}: expected float32, got int8")),
             TensorData::Other(t) => Err(format!("{what}: expected float32, got {t}")),
@@ -271,18 +217,8 @@ impl Block {
         match (map, out) {
             (Map::F32(x), Output::F32(out)) => self.forward(exec, x, dims, out),
             (Map::I8(x, q), Output::I8(out)) => self.forward_int8(exec, x, dims, q, out),
-            (Map::F32(_), Output::I8(_)) => {
-                return Err(format!(
-                    "{}: a float32 map needs a float32 output, got int8",
-                    op.name()
-                ))
-            }
-            (Map::I8(..), Output::F32(_)) => {
-                return Err(format!(
-                    "{}: an int8 map needs an int8 output, got float32",
-                    op.name()
-                ))
-            }
+            (Map::F32(_), Output::I8(_)) => return Err(format!("{}: a float32 map needs a float32 output, got int8", op.name())),
+            (Map::I8(..), Output::F32(_)) => return Err(format!("{}: an int8 map needs an int8 output, got float32", op.name())),
         }
         Ok(())
     }
@@ -384,10 +320,7 @@ fn quantization(op: OpKind, inputs: &[Tensor]) -> Result<Quantization, String> {
 
 /// The output zero point of an int8 op, if its quantization vector is readable and valid.
 pub fn output_zero_point(op: OpKind, inputs: &[Tensor]) -> Option<i8> {
-    (is_int8(inputs) && inputs.len() >= 3)
-        .then(|| quantization(op, inputs).ok())
-        .flatten()
-        .map(|q| q.output_zero_point as i8)
+    (is_int8(inputs) && inputs.len() >= 3).then(|| quantization(op, inputs).ok()).flatten().map(|q| q.output_zero_point as i8)
 }
 
 /// The config tensor's values (the last input), checked.
@@ -396,19 +329,11 @@ pub fn config(op: OpKind, inputs: &[Tensor]) -> Result<Vec<i64>, String> {
     let last = inputs.last().ok_or_else(|| format!("{name}: no inputs"))?;
     let values: Vec<i64> = match last.data {
         TensorData::I32(v) if last.shape.len() == 1 => v.iter().map(|&v| v.into()).collect(),
-        _ => {
-            return Err(format!(
-                "{name}: the last input must be the int32 config vector {:?}",
-                op.keys()
-            ))
-        }
+        _ => return Err(format!("{name}: the last input must be the int32 config vector {:?}", op.keys())),
     };
     let count = op.validate(&values)? + is_int8(inputs) as usize;
     if inputs.len() != count {
-        return Err(format!(
-            "{name}: expected {count} inputs for attributes {values:?}, got {}",
-            inputs.len()
-        ));
+        return Err(format!("{name}: expected {count} inputs for attributes {values:?}, got {}", inputs.len()));
     }
     Ok(values)
 }
@@ -416,18 +341,8 @@ pub fn config(op: OpKind, inputs: &[Tensor]) -> Result<Vec<i64>, String> {
 /// The NHWC dims of the feature map (input 0).
 pub fn map_dims(op: OpKind, x: &Tensor) -> Result<Dims, String> {
     match *x.shape {
-        [n, h, w, c] if n * h * w * c > 0 => Ok(Dims {
-            n,
-            h,
-            w,
-            c,
-            layout: Layout::ChannelsLast,
-        }),
-        _ => Err(format!(
-            "{}: expected a non-empty 4-D NHWC feature map, got shape {:?}",
-            op.name(),
-            x.shape
-        )),
+        [n, h, w, c] if n * h * w * c > 0 => Ok(Dims { n, h, w, c, layout: Layout::ChannelsLast }),
+        _ => Err(format!("{}: expected a non-empty 4-D NHWC feature map, got shape {:?}", op.name(), x.shape)),
     }
 }
 
@@ -436,12 +351,7 @@ fn dense(op: OpKind, kernel: &Tensor, bias: &Tensor, relu: bool) -> Result<Dense
     let b = bias.f32(&format!("{} dense bias", op.name()))?;
     match *kernel.shape {
         [inputs, outputs] if bias.shape == [outputs] => Dense::new(k, b, inputs, relu),
-        _ => Err(format!(
-            "{}: expected a (in, out) dense kernel and an (out,) bias, got {:?} and {:?}",
-            op.name(),
-            kernel.shape,
-            bias.shape
-        )),
+        _ => Err(format!("{}: expected a (in, out) dense kernel and an (out,) bias, got {:?} and {:?}", op.name(), kernel.shape, bias.shape)),
     }
 }
 
@@ -453,12 +363,7 @@ pub fn build(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Resul
             let (has_channel, has_spatial) = (config[1] == 1, config[2] == 1);
             let mut rest = w;
             let channel = if has_channel {
-                let gate = ChannelGate::new(
-                    dense(op, &rest[0], &rest[1], true)?,
-                    dense(op, &rest[2], &rest[3], false)?,
-                    config[3] == 1,
-                    config[4] == 1,
-                )?;
+                let gate = ChannelGate::new(dense(op, &rest[0], &rest[1], true)?, dense(op, &rest[2], &rest[3], false)?, config[3] == 1, config[4] == 1)?;
                 rest = &rest[4..];
                 Some(gate)
             } else {
@@ -470,28 +375,18 @@ pub fn build(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Resul
                 if kernel.shape != [size, size, 2, 1] || bias.shape != [1] {
                     return Err(format!("{name}: expected a ({size}, {size}, 2, 1) conv kernel and a (1,) bias, got {:?} and {:?}", kernel.shape, bias.shape));
                 }
-                Some(PoolConv::new(
-                    kernel.f32("conv kernel")?,
-                    size,
-                    bias.f32("conv bias")?[0],
-                )?)
+                Some(PoolConv::new(kernel.f32("conv kernel")?, size, bias.f32("conv bias")?[0])?)
             } else {
                 None
             };
             Ok(Block::Cbam(Cbam::new(channel, spatial, channels)?))
         }
-        OpKind::SqueezeExcite => Ok(Block::SqueezeExcite(SqueezeExcite::new(
-            dense(op, &w[0], &w[1], true)?,
-            dense(op, &w[2], &w[3], false)?,
-        )?)),
+        OpKind::SqueezeExcite => {
+            Ok(Block::SqueezeExcite(SqueezeExcite::new(dense(op, &w[0], &w[1], true)?, dense(op, &w[2], &w[3], false)?)?))
+        }
         OpKind::Bam => {
-            let (dense_layers, conv_layers, dilation) =
-                (config[1] as usize, config[2] as usize, config[3] as usize);
-            let fusion = if config[4] == 1 {
-                Fusion::Product
-            } else {
-                Fusion::Sum
-            };
+            let (dense_layers, conv_layers, dilation) = (config[1] as usize, config[2] as usize, config[3] as usize);
+            let fusion = if config[4] == 1 { Fusion::Product } else { Fusion::Sum };
             let mlp = (0..dense_layers)
                 .map(|i| dense(op, &w[2 * i], &w[2 * i + 1], i + 1 < dense_layers))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -525,30 +420,16 @@ pub fn weights<'i, 'a>(inputs: &'i [Tensor<'a>]) -> &'i [Tensor<'a>] {
 
 /// The checked config, the map's dims and the map of `op`'s inputs, for an output of `out_len`
 /// values.
-fn prepare<'a>(
-    op: OpKind,
-    inputs: &[Tensor<'a>],
-    out_len: usize,
-) -> Result<(Vec<i64>, Dims, Map<'a>), String> {
+fn prepare<'a>(op: OpKind, inputs: &[Tensor<'a>], out_len: usize) -> Result<(Vec<i64>, Dims, Map<'a>), String> {
     let config = config(op, inputs)?;
     let dims = map_dims(op, &inputs[0])?;
     let map = match inputs[0].data {
         TensorData::I8(x) if x.len() == dims.len() => Map::I8(x, quantization(op, inputs)?),
-        TensorData::I8(_) => {
-            return Err(format!(
-                "{}: feature map: buffer size does not match shape {:?}",
-                op.name(),
-                inputs[0].shape
-            ))
-        }
+        TensorData::I8(_) => return Err(format!("{}: feature map: buffer size does not match shape {:?}", op.name(), inputs[0].shape)),
         _ => Map::F32(inputs[0].f32("feature map")?),
     };
     if out_len != map.len() {
-        return Err(format!(
-            "{}: the output holds {out_len} values, the input {}",
-            op.name(),
-            map.len()
-        ));
+        return Err(format!("{}: the output holds {out_len} values, the input {}", op.name(), map.len()));
     }
     Ok((config, dims, map))
 }
@@ -565,12 +446,7 @@ fn exec_for(exec: Exec, elems: usize) -> Exec {
 
 /// Runs `op` on its inputs into `out` (the map's size and element type), building its block
 /// from the weights.
-pub fn run<'o>(
-    op: OpKind,
-    exec: Exec,
-    inputs: &[Tensor],
-    out: impl Into<Output<'o>>,
-) -> Result<(), String> {
+pub fn run<'o>(op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
     let out = out.into();
     let (config, dims, map) = prepare(op, inputs, out.len())?;
     build(op, weights(inputs), &config, dims.c)?.run(op, exec, dims, map, out)
@@ -596,12 +472,7 @@ impl BlockKey {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(BlockKey {
-            op,
-            config: config.to_vec(),
-            channels,
-            weights,
-        })
+        Some(BlockKey { op, config: config.to_vec(), channels, weights })
     }
 }
 
@@ -619,34 +490,18 @@ pub struct BlockCache {
 
 impl BlockCache {
     /// Like [`run`], with the block built on the first run of each node only.
-    pub fn run<'o>(
-        &self,
-        op: OpKind,
-        exec: Exec,
-        inputs: &[Tensor],
-        out: impl Into<Output<'o>>,
-    ) -> Result<(), String> {
+    pub fn run<'o>(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
         let out = out.into();
         let (config, dims, map) = prepare(op, inputs, out.len())?;
         let Some(key) = BlockKey::new(op, &config, dims.c, weights(inputs)) else {
             return run(op, exec, inputs, out);
         };
-        let cached = self
-            .blocks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+        let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let block = match cached {
             Some(block) => block,
             None => {
                 let block = Arc::new(build(op, weights(inputs), &config, dims.c)?);
-                self.blocks
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key)
-                    .or_insert(block)
-                    .clone()
+                self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
             }
         };
         block.run(op, exec, dims, map, out)
@@ -663,10 +518,7 @@ impl BlockCache {
 
     /// Drops every block (their weights may be about to go).
     pub fn clear(&self) {
-        self.blocks
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.blocks.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -690,43 +542,18 @@ mod tests {
 
     #[test]
     fn attributes_are_read_and_checked() {
-        let good = [
-            ("version", 1),
-            ("channel_gate", 1),
-            ("spatial_gate", 1),
-            ("pool_avg", 1),
-            ("pool_max", 0),
-            ("kernel_size", 7),
-        ];
-        assert_eq!(
-            OpKind::Cbam.attributes(&flex(&good)).unwrap(),
-            vec![1, 1, 1, 1, 0, 7]
-        );
+        let good = [("version", 1), ("channel_gate", 1), ("spatial_gate", 1), ("pool_avg", 1), ("pool_max", 0), ("kernel_size", 7)];
+        assert_eq!(OpKind::Cbam.attributes(&flex(&good)).unwrap(), vec![1, 1, 1, 1, 0, 7]);
         assert_eq!(OpKind::Cbam.validate(&[1, 1, 1, 1, 0, 7]).unwrap(), 8);
-        assert!(OpKind::Cbam
-            .attributes(&flex(&good[1..]))
-            .unwrap_err()
-            .contains("missing \"version\""));
+        assert!(OpKind::Cbam.attributes(&flex(&good[1..])).unwrap_err().contains("missing \"version\""));
         let mut future = good;
         future[0].1 = 2;
-        assert!(OpKind::Cbam
-            .attributes(&flex(&future))
-            .unwrap_err()
-            .contains("version 2 is not supported"));
+        assert!(OpKind::Cbam.attributes(&flex(&future)).unwrap_err().contains("version 2 is not supported"));
         let mut even = good;
         even[5].1 = 4;
-        assert!(OpKind::Cbam
-            .attributes(&flex(&even))
-            .unwrap_err()
-            .contains("must be odd"));
-        assert!(OpKind::Cbam
-            .attributes(b"\x01\x02")
-            .unwrap_err()
-            .contains("malformed attributes"));
-        assert!(OpKind::Bam
-            .attributes(&flex(&[("version", 1)]))
-            .unwrap_err()
-            .contains("missing \"dense_layers\""));
+        assert!(OpKind::Cbam.attributes(&flex(&even)).unwrap_err().contains("must be odd"));
+        assert!(OpKind::Cbam.attributes(b"\x01\x02").unwrap_err().contains("malformed attributes"));
+        assert!(OpKind::Bam.attributes(&flex(&[("version", 1)])).unwrap_err().contains("missing \"dense_layers\""));
     }
 
     #[test]
@@ -736,10 +563,7 @@ mod tests {
         let (rk, rb, ek, eb) = (data(c * r, 2), data(r, 3), data(r * c, 4), data(c, 5));
         let config = [1];
         let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
-        let f = |i: usize, d: &'static [f32]| Tensor {
-            shape: shapes[i],
-            data: TensorData::F32(d),
-        };
+        let f = |i: usize, d: &'static [f32]| Tensor { shape: shapes[i], data: TensorData::F32(d) };
         let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
         let inputs = [
             f(0, leak(x.clone())),
@@ -747,41 +571,17 @@ mod tests {
             f(2, leak(rb.clone())),
             f(3, leak(ek.clone())),
             f(4, leak(eb.clone())),
-            Tensor {
-                shape: shapes[5],
-                data: TensorData::I32(&config),
-            },
+            Tensor { shape: shapes[5], data: TensorData::I32(&config) },
         ];
         let mut out = vec![0.0; x.len()];
         run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap();
-        let block = SqueezeExcite::new(
-            Dense::new(&rk, &rb, c, true).unwrap(),
-            Dense::new(&ek, &eb, r, false).unwrap(),
-        )
-        .unwrap();
+        let block = SqueezeExcite::new(Dense::new(&rk, &rb, c, true).unwrap(), Dense::new(&ek, &eb, r, false).unwrap()).unwrap();
         let mut want = vec![0.0; x.len()];
-        block.forward(
-            Exec::single(),
-            &x,
-            Dims {
-                n,
-                h,
-                w,
-                c,
-                layout: Layout::ChannelsLast,
-            },
-            &mut want,
-        );
+        block.forward(Exec::single(), &x, Dims { n, h, w, c, layout: Layout::ChannelsLast }, &mut want);
         assert_eq!(out, want);
 
         // One input short: the config asks for six.
-        let err = run(
-            OpKind::SqueezeExcite,
-            Exec::single(),
-            &inputs[1..],
-            &mut out,
-        )
-        .unwrap_err();
+        let err = run(OpKind::SqueezeExcite, Exec::single(), &inputs[1..], &mut out).unwrap_err();
         assert!(err.contains("expected 6 inputs"), "{err}");
         // A kernel that does not fit the map's channels.
         let transposed = [r, c];
@@ -798,37 +598,18 @@ mod tests {
         let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
         // Two nodes of the same op with the same shapes and different weights.
         let weights: Vec<Vec<Vec<f32>>> = (0..2)
-            .map(|node| {
-                (0..4)
-                    .map(|i| data(shapes[i + 1].iter().product(), 10 * node + i as u64 + 2))
-                    .collect()
-            })
+            .map(|node| (0..4).map(|i| data(shapes[i + 1].iter().product(), 10 * node + i as u64 + 2)).collect())
             .collect();
         let inputs = |node: usize| -> Vec<Tensor> {
-            let mut v = vec![Tensor {
-                shape: shapes[0],
-                data: TensorData::F32(&x),
-            }];
-            v.extend(weights[node].iter().enumerate().map(|(i, d)| Tensor {
-                shape: shapes[i + 1],
-                data: TensorData::F32(d),
-            }));
-            v.push(Tensor {
-                shape: shapes[5],
-                data: TensorData::I32(&config),
-            });
+            let mut v = vec![Tensor { shape: shapes[0], data: TensorData::F32(&x) }];
+            v.extend(weights[node].iter().enumerate().map(|(i, d)| Tensor { shape: shapes[i + 1], data: TensorData::F32(d) }));
+            v.push(Tensor { shape: shapes[5], data: TensorData::I32(&config) });
             v
         };
         let want: Vec<Vec<f32>> = (0..2)
             .map(|node| {
                 let mut out = vec![0.0; x.len()];
-                run(
-                    OpKind::SqueezeExcite,
-                    Exec::single(),
-                    &inputs(node),
-                    &mut out,
-                )
-                .unwrap();
+                run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
                 out
             })
             .collect();
@@ -837,29 +618,14 @@ mod tests {
         for _ in 0..3 {
             for node in [0, 1] {
                 let mut out = vec![f32::NAN; x.len()];
-                cache
-                    .run(
-                        OpKind::SqueezeExcite,
-                        Exec::single(),
-                        &inputs(node),
-                        &mut out,
-                    )
-                    .unwrap();
+                cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
                 assert_eq!(out, want[node], "node {node}");
             }
         }
         assert_eq!(cache.len(), 2);
         // A bad call is an error and caches nothing.
         let mut short = vec![0.0; x.len() - 1];
-        assert!(cache
-            .run(
-                OpKind::SqueezeExcite,
-                Exec::single(),
-                &inputs(0),
-                &mut short
-            )
-            .unwrap_err()
-            .contains("output holds"));
+        assert!(cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(0), &mut short).unwrap_err().contains("output holds"));
         assert_eq!(cache.len(), 2);
         cache.clear();
         assert!(cache.is_empty());

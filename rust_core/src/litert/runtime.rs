@@ -2,10 +2,7 @@
 //! kernels registered: float32 or int8 inputs in, float32 or int8 outputs out, each as the
 //! model's tensor says.
 
-use super::api::{
-    self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, ELEMENT_INT8, HW_ACCELERATOR_CPU,
-    LOCK_READ, LOCK_WRITE, OK,
-};
+use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, ELEMENT_INT8, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
 use super::kernel::{fused_weights_are_constant, Kernels};
 use std::ffi::{c_void, CString};
 
@@ -94,8 +91,7 @@ impl Runtime {
     /// (None: LiteRT's default), our kernels running on the same count (None: every core).
     pub fn new(library: &str, model_path: &str, threads: Option<usize>) -> Result<Runtime, String> {
         let api = api::api(Some(library))?;
-        let path =
-            CString::new(model_path).map_err(|_| "model path contains a NUL byte".to_string())?;
+        let path = CString::new(model_path).map_err(|_| "model path contains a NUL byte".to_string())?;
         let mut rt = Runtime {
             api,
             env: std::ptr::null_mut(),
@@ -113,68 +109,36 @@ impl Runtime {
         // SAFETY: every call below follows LiteRT's C API with live handles owned by `rt`, which
         // releases them in `drop` (also on an early error return).
         unsafe {
-            check(
-                (api.LiteRtCreateEnvironment)(0, std::ptr::null(), &mut rt.env),
-                "CreateEnvironment",
-            )?;
-            check(
-                (api.LiteRtCreateModelFromFile)(rt.env, path.as_ptr(), &mut rt.model),
-                "CreateModelFromFile",
-            )
-            .map_err(|e| format!("{e}: {model_path:?} is not a model LiteRT can read"))?;
+            check((api.LiteRtCreateEnvironment)(0, std::ptr::null(), &mut rt.env), "CreateEnvironment")?;
+            check((api.LiteRtCreateModelFromFile)(rt.env, path.as_ptr(), &mut rt.model), "CreateModelFromFile")
+                .map_err(|e| format!("{e}: {model_path:?} is not a model LiteRT can read"))?;
             check((api.LiteRtCreateOptions)(&mut rt.options), "CreateOptions")?;
-            check(
-                (api.LiteRtSetOptionsHardwareAccelerators)(rt.options, HW_ACCELERATOR_CPU),
-                "SetOptionsHardwareAccelerators",
-            )?;
+            check((api.LiteRtSetOptionsHardwareAccelerators)(rt.options, HW_ACCELERATOR_CPU), "SetOptionsHardwareAccelerators")?;
             if let Some(n) = threads {
                 // XNNPACK's options travel as a TOML payload (the CPU options functions are not
                 // exported by the wheel's library).
-                let payload = CString::new(format!("num_threads = {n}\n"))
-                    .expect("no NUL")
-                    .into_raw();
+                let payload = CString::new(format!("num_threads = {n}\n")).expect("no NUL").into_raw();
                 let mut opaque = std::ptr::null_mut();
-                let status = (api.LiteRtCreateOpaqueOptions)(
-                    c"xnnpack".as_ptr(),
-                    payload as *mut c_void,
-                    drop_c_string,
-                    &mut opaque,
-                );
+                let status = (api.LiteRtCreateOpaqueOptions)(c"xnnpack".as_ptr(), payload as *mut c_void, drop_c_string, &mut opaque);
                 if status != OK {
                     drop_c_string(payload as *mut c_void);
                 }
                 check(status, "CreateOpaqueOptions")?;
-                check(
-                    (api.LiteRtAddOpaqueOptions)(rt.options, opaque),
-                    "AddOpaqueOptions",
-                )?;
+                check((api.LiteRtAddOpaqueOptions)(rt.options, opaque), "AddOpaqueOptions")?;
             }
             let cache_blocks = fused_weights_are_constant(api, rt.model);
-            let kernels =
-                rt.kernels
-                    .insert(Kernels::register(api, rt.options, threads, cache_blocks)?);
-            let status =
-                (api.LiteRtCreateCompiledModel)(rt.env, rt.model, rt.options, &mut rt.compiled);
+            let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads, cache_blocks)?);
+            let status = (api.LiteRtCreateCompiledModel)(rt.env, rt.model, rt.options, &mut rt.compiled);
             let errors = kernels.take_errors();
             if !errors.is_empty() {
                 return Err(errors.join("; "));
             }
-            check(status, "CreateCompiledModel")
-                .map_err(|e| format!("{e} (see LiteRT's log above)"))?;
+            check(status, "CreateCompiledModel").map_err(|e| format!("{e} (see LiteRT's log above)"))?;
             let mut signature = std::ptr::null_mut();
-            check(
-                (api.LiteRtGetModelSignature)(rt.model, 0, &mut signature),
-                "GetModelSignature",
-            )?;
+            check((api.LiteRtGetModelSignature)(rt.model, 0, &mut signature), "GetModelSignature")?;
             let (mut n_in, mut n_out) = (0usize, 0usize);
-            check(
-                (api.LiteRtGetNumSignatureInputs)(signature, &mut n_in),
-                "GetNumSignatureInputs",
-            )?;
-            check(
-                (api.LiteRtGetNumSignatureOutputs)(signature, &mut n_out),
-                "GetNumSignatureOutputs",
-            )?;
+            check((api.LiteRtGetNumSignatureInputs)(signature, &mut n_in), "GetNumSignatureInputs")?;
+            check((api.LiteRtGetNumSignatureOutputs)(signature, &mut n_out), "GetNumSignatureOutputs")?;
             for (count, is_input) in [(n_in, true), (n_out, false)] {
                 for i in 0..count {
                     let (buffer, shape, element_type) = rt.buffer(signature, i, is_input)?;
@@ -192,10 +156,7 @@ impl Runtime {
         // LiteRT prepares the ops (and so calls GetOutputLayouts) on the first run: run once on
         // zeros so that every kernel has checked its inputs before the model is handed out.
         let sizes: Vec<usize> = rt.input_shapes.iter().map(|s| s.iter().product()).collect();
-        let (float_zeros, int_zeros) = (
-            vec![0.0; sizes.iter().copied().max().unwrap_or(0)],
-            vec![0; sizes.iter().copied().max().unwrap_or(0)],
-        );
+        let (float_zeros, int_zeros) = (vec![0.0; sizes.iter().copied().max().unwrap_or(0)], vec![0; sizes.iter().copied().max().unwrap_or(0)]);
         let zeros: Vec<Input> = rt
             .input_types
             .iter()
@@ -211,68 +172,24 @@ impl Runtime {
 
     /// A managed host buffer for input or output `i` of the first signature, its shape and its
     /// element type.
-    unsafe fn buffer(
-        &self,
-        signature: Handle,
-        i: usize,
-        is_input: bool,
-    ) -> Result<(Handle, Vec<usize>, ElementType), String> {
+    unsafe fn buffer(&self, signature: Handle, i: usize, is_input: bool) -> Result<(Handle, Vec<usize>, ElementType), String> {
         let api = self.api;
-        let (mut tensor, mut requirements, mut buffer) = (
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
+        let (mut tensor, mut requirements, mut buffer) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         let mut tensor_type = RankedTensorType::zeroed();
         if is_input {
-            check(
-                (api.LiteRtGetSignatureInputTensorByIndex)(signature, i, &mut tensor),
-                "GetSignatureInputTensor",
-            )?;
-            check(
-                (api.LiteRtGetCompiledModelInputBufferRequirements)(
-                    self.compiled,
-                    0,
-                    i,
-                    &mut requirements,
-                ),
-                "GetInputBufferRequirements",
-            )?;
+            check((api.LiteRtGetSignatureInputTensorByIndex)(signature, i, &mut tensor), "GetSignatureInputTensor")?;
+            check((api.LiteRtGetCompiledModelInputBufferRequirements)(self.compiled, 0, i, &mut requirements), "GetInputBufferRequirements")?;
         } else {
-            check(
-                (api.LiteRtGetSignatureOutputTensorByIndex)(signature, i, &mut tensor),
-                "GetSignatureOutputTensor",
-            )?;
-            check(
-                (api.LiteRtGetCompiledModelOutputBufferRequirements)(
-                    self.compiled,
-                    0,
-                    i,
-                    &mut requirements,
-                ),
-                "GetOutputBufferRequirements",
-            )?;
+            check((api.LiteRtGetSignatureOutputTensorByIndex)(signature, i, &mut tensor), "GetSignatureOutputTensor")?;
+            check((api.LiteRtGetCompiledModelOutputBufferRequirements)(self.compiled, 0, i, &mut requirements), "GetOutputBufferRequirements")?;
         }
-        check(
-            (api.LiteRtGetRankedTensorType)(tensor, &mut tensor_type),
-            "GetRankedTensorType",
-        )?;
+        check((api.LiteRtGetRankedTensorType)(tensor, &mut tensor_type), "GetRankedTensorType")?;
         let kind = if is_input { "input" } else { "output" };
         let element_type = ElementType::from_litert(tensor_type.element_type).ok_or_else(|| {
             format!("model {kind} {i} is neither float32 nor int8 (LiteRT element type {}); only those run here", tensor_type.element_type)
         })?;
-        let shape = tensor_type.layout.shape().ok_or_else(|| {
-            format!("model {kind} {i} has a dynamic shape; export it with fixed sizes")
-        })?;
-        check(
-            (api.LiteRtCreateManagedTensorBufferFromRequirements)(
-                self.env,
-                &tensor_type,
-                requirements,
-                &mut buffer,
-            ),
-            "CreateManagedTensorBuffer",
-        )?;
+        let shape = tensor_type.layout.shape().ok_or_else(|| format!("model {kind} {i} has a dynamic shape; export it with fixed sizes"))?;
+        check((api.LiteRtCreateManagedTensorBufferFromRequirements)(self.env, &tensor_type, requirements, &mut buffer), "CreateManagedTensorBuffer")?;
         Ok((buffer, shape, element_type))
     }
 
@@ -303,26 +220,14 @@ impl Runtime {
     pub fn run(&mut self, inputs: &[Input]) -> Result<Vec<Output>, String> {
         let api = self.api;
         if inputs.len() != self.inputs.len() {
-            return Err(format!(
-                "expected {} inputs, got {}",
-                self.inputs.len(),
-                inputs.len()
-            ));
+            return Err(format!("expected {} inputs, got {}", self.inputs.len(), inputs.len()));
         }
         // SAFETY: the buffers are live managed host buffers of at least the shapes' sizes in their
         // element types, which every input is checked to have before any is copied.
         unsafe {
-            for (i, (input, (&expected, shape))) in inputs
-                .iter()
-                .zip(self.input_types.iter().zip(&self.input_shapes))
-                .enumerate()
-            {
+            for (i, (input, (&expected, shape))) in inputs.iter().zip(self.input_types.iter().zip(&self.input_shapes)).enumerate() {
                 if input.element_type() != expected {
-                    return Err(format!(
-                        "inputs[{i}]: expected {} values, got {}",
-                        expected.name(),
-                        input.element_type().name()
-                    ));
+                    return Err(format!("inputs[{i}]: expected {} values, got {}", expected.name(), input.element_type().name()));
                 }
                 let len = match input {
                     Input::Float32(d) => d.len(),
@@ -338,50 +243,24 @@ impl Runtime {
                     Input::Int8(d) => (d.len(), d.as_ptr() as *const u8),
                 };
                 let mut ptr = std::ptr::null_mut();
-                check(
-                    (api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_WRITE),
-                    "LockTensorBuffer",
-                )?;
+                check((api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_WRITE), "LockTensorBuffer")?;
                 std::ptr::copy_nonoverlapping(data, ptr as *mut u8, bytes);
                 (api.LiteRtUnlockTensorBuffer)(buffer);
             }
-            let status = (api.LiteRtRunCompiledModel)(
-                self.compiled,
-                0,
-                self.inputs.len(),
-                self.inputs.as_mut_ptr(),
-                self.outputs.len(),
-                self.outputs.as_mut_ptr(),
-            );
-            let errors = self
-                .kernels
-                .as_ref()
-                .map(|k| k.take_errors())
-                .unwrap_or_default();
+            let status = (api.LiteRtRunCompiledModel)(self.compiled, 0, self.inputs.len(), self.inputs.as_mut_ptr(), self.outputs.len(), self.outputs.as_mut_ptr());
+            let errors = self.kernels.as_ref().map(|k| k.take_errors()).unwrap_or_default();
             if !errors.is_empty() {
                 return Err(errors.join("; "));
             }
             check(status, "RunCompiledModel")?;
             let mut results = Vec::with_capacity(self.outputs.len());
-            for ((&buffer, shape), element_type) in self
-                .outputs
-                .iter()
-                .zip(&self.output_shapes)
-                .zip(&self.output_types)
-            {
+            for ((&buffer, shape), element_type) in self.outputs.iter().zip(&self.output_shapes).zip(&self.output_types) {
                 let mut ptr = std::ptr::null_mut();
-                check(
-                    (api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_READ),
-                    "LockTensorBuffer",
-                )?;
+                check((api.LiteRtLockTensorBuffer)(buffer, &mut ptr, LOCK_READ), "LockTensorBuffer")?;
                 let len = shape.iter().product();
                 results.push(match element_type {
-                    ElementType::Float32 => {
-                        Output::Float32(std::slice::from_raw_parts(ptr as *const f32, len).to_vec())
-                    }
-                    ElementType::Int8 => {
-                        Output::Int8(std::slice::from_raw_parts(ptr as *const i8, len).to_vec())
-                    }
+                    ElementType::Float32 => Output::Float32(std::slice::from_raw_parts(ptr as *const f32, len).to_vec()),
+                    ElementType::Int8 => Output::Int8(std::slice::from_raw_parts(ptr as *const i8, len).to_vec()),
                 });
                 (api.LiteRtUnlockTensorBuffer)(buffer);
             }

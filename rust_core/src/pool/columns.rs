@@ -41,23 +41,12 @@ pub(crate) fn columns(
     max: &mut [f32],
 ) {
     let prefetch = from_memory && TILE_ROWS * row_len <= PREFETCH_MAX_TILE;
-    let matrix = Matrix {
-        x,
-        row_len,
-        row_scale,
-        prefetch,
-    };
+    let matrix = Matrix { x, row_len, row_scale, prefetch };
     let split_columns = exec.splits(x.len()) && row_len >= 2 * COLUMN_ALIGN;
     if split_columns {
-        let width = row_len
-            .div_ceil(exec.threads)
-            .next_multiple_of(COLUMN_ALIGN);
+        let width = row_len.div_ceil(exec.threads).next_multiple_of(COLUMN_ALIGN);
         let serial = exec.serial();
-        let parts: Vec<_> = sum
-            .chunks_mut(width)
-            .zip(max.chunks_mut(width))
-            .enumerate()
-            .collect();
+        let parts: Vec<_> = sum.chunks_mut(width).zip(max.chunks_mut(width)).enumerate().collect();
         exec.map(parts, |(i, (sum, max))| {
             let cols = i * width..i * width + sum.len();
             matrix.tree(serial, 0..matrix.rows(), cols, sum, max);
@@ -107,34 +96,15 @@ impl Matrix<'_> {
     }
 
     /// The pairwise tree over `rows`, for the columns `cols` (`sum`, `max`: `cols.len()` each).
-    fn tree(
-        self,
-        exec: Exec,
-        rows: Range<usize>,
-        cols: Range<usize>,
-        sum: &mut [f32],
-        max: &mut [f32],
-    ) {
+    fn tree(self, exec: Exec, rows: Range<usize>, cols: Range<usize>, sum: &mut [f32], max: &mut [f32]) {
         if rows.len() <= LEAF_ROWS {
-            exec.level.dispatch(Leaf {
-                matrix: self,
-                rows,
-                cols,
-                sum,
-                max,
-            });
+            exec.level.dispatch(Leaf { matrix: self, rows, cols, sum, max });
             return;
         }
         let mid = rows.start + rows.len() / 2;
         let (mut sum_right, mut max_right) = (vec![0.0; cols.len()], vec![0.0; cols.len()]);
         self.tree(exec, rows.start..mid, cols.clone(), sum, max);
-        self.tree(
-            exec,
-            mid..rows.end,
-            cols.clone(),
-            &mut sum_right,
-            &mut max_right,
-        );
+        self.tree(exec, mid..rows.end, cols.clone(), &mut sum_right, &mut max_right);
         combine(sum, max, &sum_right, &max_right);
     }
 
@@ -143,13 +113,7 @@ impl Matrix<'_> {
     fn fix_nan_max(self, sum: &[f32], max: &mut [f32]) {
         for j in (0..self.row_len).filter(|&j| sum[j].is_nan()) {
             let scaled = |(r, row): (usize, &[f32])| row[j] * self.row_scale.map_or(1.0, |s| s[r]);
-            if self
-                .x
-                .chunks_exact(self.row_len)
-                .enumerate()
-                .map(scaled)
-                .any(f32::is_nan)
-            {
+            if self.x.chunks_exact(self.row_len).enumerate().map(scaled).any(f32::is_nan) {
                 max[j] = f32::NAN;
             }
         }
@@ -195,13 +159,7 @@ impl Leaf<'_> {
 
     #[inline(always)]
     fn run<S: Simd, const SCALED: bool, const W: usize, const PREFETCH: bool>(self, simd: S) {
-        let Self {
-            matrix,
-            rows,
-            cols,
-            sum,
-            max,
-        } = self;
+        let Self { matrix, rows, cols, sum, max } = self;
         sum.fill(0.0);
         max.fill(f32::NEG_INFINITY);
         let (sum_head, sum_tail) = S::as_mut_simd_f32s(sum);
@@ -209,11 +167,7 @@ impl Leaf<'_> {
         let vectors = sum_head.len();
         let tail_col = cols.start + vectors * S::F32_LANES;
         for start in rows.clone().step_by(TILE_ROWS) {
-            let tile = Tile {
-                matrix,
-                rows: start..(start + TILE_ROWS).min(rows.end),
-                first_col: cols.start,
-            };
+            let tile = Tile { matrix, rows: start..(start + TILE_ROWS).min(rows.end), first_col: cols.start };
             tile.partial_add::<S, SCALED>(simd, tail_col, sum_tail, max_tail);
             let mut v = 0;
             while v + W <= vectors {
@@ -254,24 +208,14 @@ impl Tile<'_> {
     /// Adds the tile's sums and maxima of `sum.len()` (fewer than a vector holds) columns from
     /// column `first` into `sum` and `max`.
     #[inline(always)]
-    fn partial_add<S: Simd, const SCALED: bool>(
-        &self,
-        simd: S,
-        first: usize,
-        sum: &mut [f32],
-        max: &mut [f32],
-    ) {
+    fn partial_add<S: Simd, const SCALED: bool>(&self, simd: S, first: usize, sum: &mut [f32], max: &mut [f32]) {
         if sum.is_empty() {
             return;
         }
         let (mut s, mut m) = (simd.partial_load_f32s(sum), simd.partial_load_f32s(max));
         for r in self.rows.clone() {
             let row = &self.matrix.x[r * self.matrix.row_len + first..][..sum.len()];
-            let v = scaled::<S, SCALED>(
-                simd,
-                simd.partial_load_f32s(row),
-                self.matrix.scale(simd, r),
-            );
+            let v = scaled::<S, SCALED>(simd, simd.partial_load_f32s(row), self.matrix.scale(simd, r));
             s = simd.add_f32s(s, v);
             m = simd.max_f32s(m, v);
         }

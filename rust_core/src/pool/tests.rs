@@ -11,11 +11,7 @@ fn channel_reference(x: &[f32], d: Dims) -> (Vec<f64>, Vec<f64>) {
             for p in 0..d.pixels() {
                 let v = at(x, d, n, p, c) as f64;
                 mean[n * d.c + c] += v;
-                max[n * d.c + c] = if v.is_nan() || max[n * d.c + c].is_nan() {
-                    f64::NAN
-                } else {
-                    max[n * d.c + c].max(v)
-                };
+                max[n * d.c + c] = if v.is_nan() || max[n * d.c + c].is_nan() { f64::NAN } else { max[n * d.c + c].max(v) };
             }
             mean[n * d.c + c] /= d.pixels() as f64;
         }
@@ -31,13 +27,7 @@ fn spatial_reference(x: &[f32], d: Dims) -> Vec<f64> {
         for p in 0..p_count {
             let values: Vec<f64> = (0..d.c).map(|c| at(x, d, n, p, c) as f64).collect();
             let mean = values.iter().sum::<f64>() / d.c as f64;
-            let max = values.iter().fold(f64::NEG_INFINITY, |m, &v| {
-                if v.is_nan() || m.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(v)
-                }
-            });
+            let max = values.iter().fold(f64::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) });
             let (i_max, i_mean) = match d.layout {
                 Layout::ChannelsLast => ((n * p_count + p) * 2, (n * p_count + p) * 2 + 1),
                 Layout::ChannelsFirst => (n * 2 * p_count + p, n * 2 * p_count + p_count + p),
@@ -72,30 +62,12 @@ fn every_level_matches_reference_on_odd_shapes() {
         for exec in execs() {
             let what = format!("{} x{} {d:?}", exec.level.name(), exec.threads);
             let (mean, max) = run_channel(exec, &x, d);
-            assert_close(
-                &mean,
-                &mean_ref,
-                1e-6,
-                1e-6,
-                &format!("channel mean {what}"),
-            );
+            assert_close(&mean, &mean_ref, 1e-6, 1e-6, &format!("channel mean {what}"));
             assert_eq!(max, max_scalar, "channel max {what}");
             let mean_scalar_f64: Vec<f64> = mean_scalar.iter().map(|&v| v as f64).collect();
-            assert_close(
-                &mean,
-                &mean_scalar_f64,
-                1e-6,
-                1e-6,
-                &format!("channel mean vs scalar {what}"),
-            );
+            assert_close(&mean, &mean_scalar_f64, 1e-6, 1e-6, &format!("channel mean vs scalar {what}"));
             assert_close(&max, &max_ref, 0.0, 0.0, &format!("channel max {what}"));
-            assert_close(
-                &run_spatial(exec, &x, d),
-                &spatial_ref,
-                1e-6,
-                1e-6,
-                &format!("spatial {what}"),
-            );
+            assert_close(&run_spatial(exec, &x, d), &spatial_ref, 1e-6, 1e-6, &format!("spatial {what}"));
         }
     }
 }
@@ -103,13 +75,7 @@ fn every_level_matches_reference_on_odd_shapes() {
 #[test]
 fn nan_propagates_through_mean_and_max() {
     for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
-        let d = Dims {
-            n: 2,
-            h: 9,
-            w: 7,
-            c: 19,
-            layout,
-        };
+        let d = Dims { n: 2, h: 9, w: 7, c: 19, layout };
         let mut x = data(d.len(), 7);
         // One NaN (in image 1, channel 5, pixel 40), and +inf and -inf in one channel: a NaN sum
         // whose max must stay +inf.
@@ -131,13 +97,7 @@ fn nan_propagates_through_mean_and_max() {
             let (mean, max) = run_channel(exec, &x, d);
             assert_close(&mean, &mean_ref, 1e-6, 1e-6, "mean with NaN");
             assert_close(&max, &max_ref, 0.0, 0.0, "max with NaN");
-            assert_close(
-                &run_spatial(exec, &x, d),
-                &spatial_ref,
-                1e-6,
-                1e-6,
-                "spatial with NaN",
-            );
+            assert_close(&run_spatial(exec, &x, d), &spatial_ref, 1e-6, 1e-6, "spatial with NaN");
         }
     }
 }
@@ -147,42 +107,18 @@ fn large_means_stay_accurate_to_float32_rounding() {
     // 0.1 is inexact in binary, and a naive float32 running sum of 224 * 224 of them drifts by
     // about 1e-3 relative; pairwise blocks keep it within a few ulp.
     for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
-        let d = Dims {
-            n: 1,
-            h: 224,
-            w: 224,
-            c: 3,
-            layout,
-        };
+        let d = Dims { n: 1, h: 224, w: 224, c: 3, layout };
         let x: Vec<f32> = data(d.len(), 3).iter().map(|v| 0.1 + 1e-3 * v).collect();
         let (mean_ref, _) = channel_reference(&x, d);
         for exec in execs() {
             let (mean, _) = run_channel(exec, &x, d);
-            assert_close(
-                &mean,
-                &mean_ref,
-                4.0 * f32::EPSILON as f64,
-                0.0,
-                "mean over 50,176 pixels",
-            );
+            assert_close(&mean, &mean_ref, 4.0 * f32::EPSILON as f64, 0.0, "mean over 50,176 pixels");
         }
-        let d = Dims {
-            n: 1,
-            h: 1,
-            w: 2,
-            c: 60_000,
-            layout,
-        };
+        let d = Dims { n: 1, h: 1, w: 2, c: 60_000, layout };
         let x: Vec<f32> = data(d.len(), 4).iter().map(|v| 0.1 + 1e-3 * v).collect();
         let want: Vec<f64> = spatial_reference(&x, d);
         for exec in execs() {
-            assert_close(
-                &run_spatial(exec, &x, d),
-                &want,
-                4.0 * f32::EPSILON as f64,
-                0.0,
-                "mean over 60,000 channels",
-            );
+            assert_close(&run_spatial(exec, &x, d), &want, 4.0 * f32::EPSILON as f64, 0.0, "mean over 60,000 channels");
         }
     }
 }
@@ -190,13 +126,7 @@ fn large_means_stay_accurate_to_float32_rounding() {
 #[test]
 fn scaled_spatial_pooling_matches_pooling_the_product() {
     for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
-        let d = Dims {
-            n: 1,
-            h: 5,
-            w: 13,
-            c: 37,
-            layout,
-        };
+        let d = Dims { n: 1, h: 5, w: 13, c: 37, layout };
         let x = data(d.len(), 11);
         let gate = data(d.c, 12);
         let mut product = x.clone();
@@ -225,13 +155,7 @@ fn scaled_spatial_pooling_matches_pooling_the_product() {
 fn one_large_image_splits_across_threads_with_the_same_result() {
     for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
         // 2^20 elements: enough for two threads to split the image itself.
-        let d = Dims {
-            n: 1,
-            h: 64,
-            w: 64,
-            c: 256,
-            layout,
-        };
+        let d = Dims { n: 1, h: 64, w: 64, c: 256, layout };
         let x = data(d.len(), 21);
         for level in Level::available() {
             let (one, two) = (Exec::new(level, Some(1)), Exec::new(level, Some(2)));

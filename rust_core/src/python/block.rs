@@ -22,26 +22,15 @@ pub(super) struct Block {
     kind: Kind,
 }
 
-fn array<'a>(
-    a: &'a PyReadonlyArrayDyn<'_, f32>,
-    name: &str,
-    ndim: usize,
-) -> PyResult<(&'a [f32], Vec<usize>)> {
+fn array<'a>(a: &'a PyReadonlyArrayDyn<'_, f32>, name: &str, ndim: usize) -> PyResult<(&'a [f32], Vec<usize>)> {
     if a.ndim() != ndim {
-        return Err(value_error(format!(
-            "`{name}` must be {ndim}-D; got shape {:?}",
-            a.shape()
-        )));
+        return Err(value_error(format!("`{name}` must be {ndim}-D; got shape {:?}", a.shape())));
     }
     Ok((contiguous(a, name)?, a.shape().to_vec()))
 }
 
 /// A dense layer from a (in, out) kernel and an (out,) bias.
-fn dense(
-    kernel: &PyReadonlyArrayDyn<'_, f32>,
-    bias: &PyReadonlyArrayDyn<'_, f32>,
-    relu: bool,
-) -> PyResult<Dense> {
+fn dense(kernel: &PyReadonlyArrayDyn<'_, f32>, bias: &PyReadonlyArrayDyn<'_, f32>, relu: bool) -> PyResult<Dense> {
     let (k, shape) = array(kernel, "kernel", 2)?;
     let (b, _) = array(bias, "bias", 1)?;
     Dense::new(k, b, shape[0], relu).map_err(value_error)
@@ -77,17 +66,13 @@ impl Block {
             Some(kernel) => {
                 let (k, shape) = array(&kernel, "conv_kernel", 4)?;
                 if shape[1] != shape[0] || shape[2] != 2 || shape[3] != 1 {
-                    return Err(value_error(format!(
-                        "`conv_kernel` must have shape (K, K, 2, 1); got {shape:?}"
-                    )));
+                    return Err(value_error(format!("`conv_kernel` must have shape (K, K, 2, 1); got {shape:?}")));
                 }
                 Some(PoolConv::new(k, shape[0], conv_bias).map_err(value_error)?)
             }
             None => None,
         };
-        Ok(Block {
-            kind: Kind::Cbam(Cbam::new(channel, spatial, channels).map_err(value_error)?),
-        })
+        Ok(Block { kind: Kind::Cbam(Cbam::new(channel, spatial, channels).map_err(value_error)?) })
     }
 
     /// Squeeze-and-excitation from its reduce (ReLU) and expand (sigmoid) dense layers.
@@ -100,9 +85,7 @@ impl Block {
     ) -> PyResult<Block> {
         let reduce = dense(&reduce_kernel, &reduce_bias, true)?;
         let expand = dense(&expand_kernel, &expand_bias, false)?;
-        Ok(Block {
-            kind: Kind::SqueezeExcite(SqueezeExcite::new(reduce, expand).map_err(value_error)?),
-        })
+        Ok(Block { kind: Kind::SqueezeExcite(SqueezeExcite::new(reduce, expand).map_err(value_error)?) })
     }
 
     /// BAM from its channel MLP (kernels and biases, ReLU after all but the last) and its spatial
@@ -133,23 +116,13 @@ impl Block {
         for (i, (kernel, bias)) in conv_kernels.iter().zip(&conv_biases).enumerate() {
             let (k, shape) = array(kernel, "conv kernel", 4)?;
             let (b, _) = array(bias, "conv bias", 1)?;
-            let d = if i == 0 || i == last_conv {
-                1
-            } else {
-                dilation
-            };
+            let d = if i == 0 || i == last_conv { 1 } else { dilation };
             if shape[0] != shape[1] {
-                return Err(value_error(format!(
-                    "BAM conv kernels must be square; got shape {shape:?}"
-                )));
+                return Err(value_error(format!("BAM conv kernels must be square; got shape {shape:?}")));
             }
-            spatial_convs.push(
-                Conv2d::new(k, shape[0], shape[2], b, d, i < last_conv).map_err(value_error)?,
-            );
+            spatial_convs.push(Conv2d::new(k, shape[0], shape[2], b, d, i < last_conv).map_err(value_error)?);
         }
-        Ok(Block {
-            kind: Kind::Bam(Bam::new(channel_mlp, spatial_convs, fusion).map_err(value_error)?),
-        })
+        Ok(Block { kind: Kind::Bam(Bam::new(channel_mlp, spatial_convs, fusion).map_err(value_error)?) })
     }
 
     /// The channel count the block was compiled for.

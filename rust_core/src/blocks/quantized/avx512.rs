@@ -21,15 +21,7 @@ pub(super) fn available() -> bool {
 /// # Safety
 /// The CPU must support AVX-512 F and BW (see [`available`]).
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn scale_rows(
-    x: &[i8],
-    zero_point: i32,
-    factor: &[f32],
-    row_factor: Option<&[f32]>,
-    in_range: bool,
-    output_zero_point: i32,
-    out: &mut [i8],
-) {
+pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, out: &mut [i8]) {
     let c = factor.len();
     for (r, (row, out)) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
         let g = row_factor.map_or(1.0, |s| s[r]);
@@ -38,14 +30,7 @@ pub(super) unsafe fn scale_rows(
         } else {
             scale_row_blocks::<true>(row, zero_point, factor, g, output_zero_point, out)
         };
-        scale_row(
-            &row[done..],
-            zero_point,
-            &factor[done..],
-            g,
-            output_zero_point,
-            &mut out[done..],
-        );
+        scale_row(&row[done..], zero_point, &factor[done..], g, output_zero_point, &mut out[done..]);
     }
 }
 
@@ -53,20 +38,9 @@ pub(super) unsafe fn scale_rows(
 /// `CHECKED`: the results may be NaN or out of range (see [`super::kernels::in_range`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn scale_row_blocks<const CHECKED: bool>(
-    row: &[i8],
-    zero_point: i32,
-    factor: &[f32],
-    g: f32,
-    output_zero_point: i32,
-    out: &mut [i8],
-) -> usize {
+fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) -> usize {
     let len = row.len().min(factor.len()).min(out.len());
-    let (zp, zp_out, g) = (
-        _mm512_set1_epi32(zero_point),
-        _mm512_set1_epi16(output_zero_point as i16),
-        _mm512_set1_ps(g),
-    );
+    let (zp, zp_out, g) = (_mm512_set1_epi32(zero_point), _mm512_set1_epi16(output_zero_point as i16), _mm512_set1_ps(g));
     let (low, high) = (_mm512_set1_ps(-256.0), _mm512_set1_ps(256.0));
     // After the two packs, 128-bit lane k holds bytes 4k..4k+4 of each of the four vectors,
     // one dword each: this gathers every vector's 16 bytes back together, in order.
@@ -76,46 +50,22 @@ fn scale_row_blocks<const CHECKED: bool>(
         let quarter = |k: usize| {
             let i = 64 * b + 16 * k;
             // SAFETY: i + 16 <= 64 * blocks <= len, within `row` and `factor`; unaligned loads.
-            let (q, f) = unsafe {
-                (
-                    _mm_loadu_si128(row.as_ptr().add(i).cast()),
-                    _mm512_loadu_ps(factor.as_ptr().add(i)),
-                )
-            };
+            let (q, f) = unsafe { (_mm_loadu_si128(row.as_ptr().add(i).cast()), _mm512_loadu_ps(factor.as_ptr().add(i))) };
             let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp));
             let v = _mm512_mul_ps(_mm512_mul_ps(v, f), g);
             // NaN to 0, then clamped to +-256 (every zero point saturates beyond), as in
             // round_to_int8; needless (and a third of the work) when the values are in range.
-            let v = if CHECKED {
-                _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v)
-            } else {
-                v
-            };
-            let v = if CHECKED {
-                _mm512_min_ps(_mm512_max_ps(v, low), high)
-            } else {
-                v
-            };
+            let v = if CHECKED { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v) } else { v };
+            let v = if CHECKED { _mm512_min_ps(_mm512_max_ps(v, low), high) } else { v };
             _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
         };
         // Saturating packs, i32 to i16 to i8, i.e. the clamp to -128..=127, with the zero point
         // added in between on 32 i16 lanes (saturating: whatever saturates there, |zp| <= 128
         // cannot bring back within int8), where adding it on i32 lanes took twice the additions.
-        let (first, second) = (
-            _mm512_packs_epi32(quarter(0), quarter(1)),
-            _mm512_packs_epi32(quarter(2), quarter(3)),
-        );
-        let packed = _mm512_packs_epi16(
-            _mm512_adds_epi16(first, zp_out),
-            _mm512_adds_epi16(second, zp_out),
-        );
+        let (first, second) = (_mm512_packs_epi32(quarter(0), quarter(1)), _mm512_packs_epi32(quarter(2), quarter(3)));
+        let packed = _mm512_packs_epi16(_mm512_adds_epi16(first, zp_out), _mm512_adds_epi16(second, zp_out));
         // SAFETY: 64 * b + 64 <= len <= out.len(); an unaligned store.
-        unsafe {
-            _mm512_storeu_si512(
-                out.as_mut_ptr().add(64 * b).cast(),
-                _mm512_permutexvar_epi32(order, packed),
-            )
-        };
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(64 * b).cast(), _mm512_permutexvar_epi32(order, packed)) };
     }
     64 * blocks
 }
@@ -127,28 +77,14 @@ fn scale_row_blocks<const CHECKED: bool>(
 /// # Safety
 /// The CPU must support AVX-512 F and BW (see [`available`]).
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn scaled_sum_max(
-    x: &[i8],
-    zero_point: i32,
-    factor: &[f32],
-    sum: &mut [f32],
-    max: &mut [f32],
-) {
+pub(super) unsafe fn scaled_sum_max(x: &[i8], zero_point: i32, factor: &[f32], sum: &mut [f32], max: &mut [f32]) {
     let c = factor.len();
     let zp = _mm512_set1_epi32(zero_point);
     let vectors = c / 16;
     let element = |row: &[i8], i: usize| {
         // SAFETY: callers pass i + 16 <= 16 * vectors <= c, the length of `row` and `factor`.
-        let (q, f) = unsafe {
-            (
-                _mm_loadu_si128(row.as_ptr().add(i).cast()),
-                _mm512_loadu_ps(factor.as_ptr().add(i)),
-            )
-        };
-        _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp)),
-            f,
-        )
+        let (q, f) = unsafe { (_mm_loadu_si128(row.as_ptr().add(i).cast()), _mm512_loadu_ps(factor.as_ptr().add(i))) };
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp)), f)
     };
     for ((row, sum), max) in x.chunks_exact(c).zip(sum).zip(max) {
         // Four accumulators of each, so that the additions do not wait on one another.
@@ -204,14 +140,7 @@ pub(super) unsafe fn sum_max(x: &[i8], sum: &mut [i32], max: &mut [i8]) {
 /// one masked).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn sum_max_strip<const N: usize>(
-    x: &[i8],
-    c: usize,
-    first: usize,
-    width: usize,
-    sum: &mut [i32],
-    max: &mut [i8],
-) {
+fn sum_max_strip<const N: usize>(x: &[i8], c: usize, first: usize, width: usize, sum: &mut [i32], max: &mut [i8]) {
     assert!(width <= 64 * N && first + width <= sum.len().min(max.len()) && sum.len() == c);
     // The columns of vector k present in the strip, one bit each.
     let masks: [u64; N] = core::array::from_fn(|k| match width.saturating_sub(64 * k) {
@@ -223,9 +152,7 @@ fn sum_max_strip<const N: usize>(
     // SAFETY (loads and stores below): masked lanes are not accessed; the unmasked bytes of
     // vector k in row r are columns first + 64k + j < first + width <= c of that row, within
     // `x` since r < rows = x.len() / c; of `sum` and `max` likewise within their `c` values.
-    let mut largest: [__m512i; N] = core::array::from_fn(|k| unsafe {
-        _mm512_maskz_loadu_epi8(masks[k], max.as_ptr().add(first + 64 * k))
-    });
+    let mut largest: [__m512i; N] = core::array::from_fn(|k| unsafe { _mm512_maskz_loadu_epi8(masks[k], max.as_ptr().add(first + 64 * k)) });
     for block in (0..rows).step_by(I16_ROWS) {
         let mut sums = [[_mm512_setzero_si512(); 2]; N];
         for r in block..(block + I16_ROWS).min(rows) {
@@ -234,32 +161,18 @@ fn sum_max_strip<const N: usize>(
                 let (low, high) = (masks[k] as u32, (masks[k] >> 32) as u32);
                 let v = unsafe { _mm512_maskz_loadu_epi8(masks[k], p) };
                 largest[k] = _mm512_max_epi8(largest[k], v);
-                let (a, b) = unsafe {
-                    (
-                        _mm256_maskz_loadu_epi8(low, p),
-                        _mm256_maskz_loadu_epi8(high, p.add(32)),
-                    )
-                };
+                let (a, b) = unsafe { (_mm256_maskz_loadu_epi8(low, p), _mm256_maskz_loadu_epi8(high, p.add(32))) };
                 sums[k][0] = _mm512_add_epi16(sums[k][0], _mm512_cvtepi8_epi16(a));
                 sums[k][1] = _mm512_add_epi16(sums[k][1], _mm512_cvtepi8_epi16(b));
             }
         }
         for (k, halves) in sums.iter().enumerate() {
             for (h, &half) in halves.iter().enumerate() {
-                for (j, part) in [
-                    _mm512_castsi512_si256(half),
-                    _mm512_extracti64x4_epi64::<1>(half),
-                ]
-                .into_iter()
-                .enumerate()
-                {
+                for (j, part) in [_mm512_castsi512_si256(half), _mm512_extracti64x4_epi64::<1>(half)].into_iter().enumerate() {
                     let offset = 64 * k + 32 * h + 16 * j;
                     let mask = (masks[k] >> (32 * h + 16 * j)) as u16;
                     let p = unsafe { sum.as_mut_ptr().add(first + offset) };
-                    let total = _mm512_add_epi32(
-                        unsafe { _mm512_maskz_loadu_epi32(mask, p) },
-                        _mm512_cvtepi16_epi32(part),
-                    );
+                    let total = _mm512_add_epi32(unsafe { _mm512_maskz_loadu_epi32(mask, p) }, _mm512_cvtepi16_epi32(part));
                     unsafe { _mm512_mask_storeu_epi32(p, mask, total) };
                 }
             }

@@ -52,11 +52,7 @@ fn round_to_int8(v: f32, zero_point: i32) -> i8 {
     // Clamped first (every zero point saturates a value beyond +-256 anyway), so that the
     // float-to-int conversion needs no saturation: `as i32`'s saturating conversion keeps the
     // compiler from vectorising the loop (8x slower on AVX-512).
-    let v = if v.is_nan() {
-        0.0
-    } else {
-        v.clamp(-256.0, 256.0)
-    };
+    let v = if v.is_nan() { 0.0 } else { v.clamp(-256.0, 256.0) };
     // SAFETY: `v` is finite and within +-256, so its rounded value fits an i32.
     let q = unsafe { v.round_ties_even().to_int_unchecked::<i32>() };
     (q + zero_point).clamp(-128, 127) as i8
@@ -64,23 +60,12 @@ fn round_to_int8(v: f32, zero_point: i32) -> i8 {
 
 /// Per-channel `(mean, max)` of the dequantized map (N * C each), from exact integer sums and
 /// int8 maxima: `mean = s * (sum / HW - zp)`, `max = s * (max - zp)` since `s > 0`.
-pub(super) fn channel_pool(
-    exec: Exec,
-    x: &[i8],
-    dims: Dims,
-    scale: f32,
-    zero_point: i32,
-) -> (Vec<f32>, Vec<f32>) {
-    let (mut mean, mut max) = (
-        Vec::with_capacity(dims.n * dims.c),
-        Vec::with_capacity(dims.n * dims.c),
-    );
+pub(super) fn channel_pool(exec: Exec, x: &[i8], dims: Dims, scale: f32, zero_point: i32) -> (Vec<f32>, Vec<f32>) {
+    let (mut mean, mut max) = (Vec::with_capacity(dims.n * dims.c), Vec::with_capacity(dims.n * dims.c));
     for image in x.chunks_exact(dims.image_len()) {
         let (sums, maxima) = if splits(exec, image.len()) && dims.pixels() > 1 {
             let rows_per_task = dims.pixels().div_ceil(4 * exec.threads);
-            let parts = exec.map(image.chunks(rows_per_task * dims.c).collect(), |part| {
-                sum_max(exec.level, part, dims.c)
-            });
+            let parts = exec.map(image.chunks(rows_per_task * dims.c).collect(), |part| sum_max(exec.level, part, dims.c));
             parts
                 .into_iter()
                 .reduce(|(mut s, mut m), (s2, m2)| {
@@ -93,10 +78,7 @@ pub(super) fn channel_pool(
             sum_max(exec.level, image, dims.c)
         };
         let pixels = dims.pixels() as f64;
-        mean.extend(
-            sums.iter()
-                .map(|&s| (scale as f64 * (s as f64 / pixels - zero_point as f64)) as f32),
-        );
+        mean.extend(sums.iter().map(|&s| (scale as f64 * (s as f64 / pixels - zero_point as f64)) as f32));
         max.extend(maxima.iter().map(|&m| dequantize_one(m, scale, zero_point)));
     }
     (mean, max)
@@ -115,16 +97,9 @@ fn sum_max(level: Level, x: &[i8], c: usize) -> (Vec<i64>, Vec<i8>) {
                 super::avx512::sum_max(block, &mut sum, &mut max)
             };
         } else {
-            level.dispatch(SumMax {
-                x: block,
-                sum: &mut sum,
-                max: &mut max,
-            });
+            level.dispatch(SumMax { x: block, sum: &mut sum, max: &mut max });
         }
-        total
-            .iter_mut()
-            .zip(&sum)
-            .for_each(|(t, &s)| *t += s as i64);
+        total.iter_mut().zip(&sum).for_each(|(t, &s)| *t += s as i64);
     }
     (total, max)
 }
@@ -145,12 +120,7 @@ impl WithSimd for SumMax<'_> {
         let quads = self.x.chunks_exact(4 * c);
         let rest = quads.remainder();
         for quad in quads {
-            let (r0, r1, r2, r3) = (
-                &quad[..c],
-                &quad[c..2 * c],
-                &quad[2 * c..3 * c],
-                &quad[3 * c..],
-            );
+            let (r0, r1, r2, r3) = (&quad[..c], &quad[c..2 * c], &quad[2 * c..3 * c], &quad[3 * c..]);
             for j in 0..c {
                 let (a, b, d, e) = (r0[j], r1[j], r2[j], r3[j]);
                 self.sum[j] += (a as i32 + b as i32) + (d as i32 + e as i32);
@@ -168,12 +138,7 @@ impl WithSimd for SumMax<'_> {
 
 /// `out = dequantize(q)` element-wise.
 pub(super) fn dequantize(level: Level, q: &[i8], scale: f32, zero_point: i32, out: &mut [f32]) {
-    level.dispatch(Dequantize {
-        q,
-        scale,
-        zero_point,
-        out,
-    });
+    level.dispatch(Dequantize { q, scale, zero_point, out });
 }
 
 struct Dequantize<'a> {
@@ -206,16 +171,8 @@ pub(super) struct Tile {
 /// matching part of an output, cut the same way).
 fn tiles<T: Send>(x: &[i8], dims: Dims, chunks: impl Iterator<Item = T>) -> Vec<(Tile, &[i8], T)> {
     let rows = (TILE_ELEMS / dims.c).max(1);
-    let starts = (0..dims.n).flat_map(|n| {
-        (0..dims.pixels())
-            .step_by(rows)
-            .map(move |first| (n, first))
-    });
-    let tiles = starts.map(|(n, first)| Tile {
-        n,
-        first,
-        rows: rows.min(dims.pixels() - first),
-    });
+    let starts = (0..dims.n).flat_map(|n| (0..dims.pixels()).step_by(rows).map(move |first| (n, first)));
+    let tiles = starts.map(|(n, first)| Tile { n, first, rows: rows.min(dims.pixels() - first) });
     let mut rest = x;
     tiles
         .zip(chunks)
@@ -229,20 +186,12 @@ fn tiles<T: Send>(x: &[i8], dims: Dims, chunks: impl Iterator<Item = T>) -> Vec<
 
 /// Runs `f(item, scratch)` for every item, in parallel when the map is large enough, each
 /// thread with its own float scratch buffer.
-fn for_each_tile<T: Send>(
-    exec: Exec,
-    elems: usize,
-    items: Vec<T>,
-    f: impl Fn(T, &mut Vec<f32>) + Sync + Send,
-) {
+fn for_each_tile<T: Send>(exec: Exec, elems: usize, items: Vec<T>, f: impl Fn(T, &mut Vec<f32>) + Sync + Send) {
     if splits(exec, elems) && items.len() > 1 {
         // A few groups per thread, each group with one scratch buffer.
         let per_group = items.len().div_ceil(4 * exec.threads);
         let mut items = items.into_iter();
-        let groups: Vec<Vec<T>> = std::iter::from_fn(|| {
-            Some(items.by_ref().take(per_group).collect::<Vec<T>>()).filter(|g| !g.is_empty())
-        })
-        .collect();
+        let groups: Vec<Vec<T>> = std::iter::from_fn(|| Some(items.by_ref().take(per_group).collect::<Vec<T>>()).filter(|g| !g.is_empty())).collect();
         exec.map(groups, |group| {
             let mut scratch = Vec::new();
             group.into_iter().for_each(|item| f(item, &mut scratch));
@@ -255,23 +204,11 @@ fn for_each_tile<T: Send>(
 
 /// Sum and max over the channels of `(x - zero_point) * factor[n, c]` for every pixel (`sum`,
 /// `max`: N * H * W); `factor` holds N * C values.
-pub(super) fn spatial_sum_max(
-    exec: Exec,
-    x: &[i8],
-    dims: Dims,
-    zero_point: i32,
-    factor: &[f32],
-    sum: &mut [f32],
-    max: &mut [f32],
-) {
+pub(super) fn spatial_sum_max(exec: Exec, x: &[i8], dims: Dims, zero_point: i32, factor: &[f32], sum: &mut [f32], max: &mut [f32]) {
     let rows = (TILE_ELEMS / dims.c).max(1);
     // Tiles never cross images: so neither do their output chunks.
-    let sums = sum
-        .chunks_mut(dims.pixels())
-        .flat_map(|image| image.chunks_mut(rows));
-    let maxima = max
-        .chunks_mut(dims.pixels())
-        .flat_map(|image| image.chunks_mut(rows));
+    let sums = sum.chunks_mut(dims.pixels()).flat_map(|image| image.chunks_mut(rows));
+    let maxima = max.chunks_mut(dims.pixels()).flat_map(|image| image.chunks_mut(rows));
     let items = tiles(x, dims, sums.zip(maxima));
     for_each_tile(exec, x.len(), items, |(tile, x, (sum, max)), scratch| {
         let factor = &factor[tile.n * dims.c..][..dims.c];
@@ -282,14 +219,7 @@ pub(super) fn spatial_sum_max(
                 super::avx512::scaled_sum_max(x, zero_point, factor, sum, max)
             };
         } else {
-            exec.level.dispatch(ScaledSumMax {
-                x,
-                zero_point,
-                factor,
-                sum,
-                max,
-                scratch,
-            });
+            exec.level.dispatch(ScaledSumMax { x, zero_point, factor, sum, max, scratch });
         }
     });
 }
@@ -308,14 +238,7 @@ impl WithSimd for ScaledSumMax<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self {
-            x,
-            zero_point,
-            factor,
-            sum,
-            max,
-            scratch,
-        } = self;
+        let Self { x, zero_point, factor, sum, max, scratch } = self;
         scratch.resize(factor.len(), 0.0);
         let (factor_head, factor_tail) = S::as_simd_f32s(factor);
         for ((row, sum), max) in x.chunks_exact(factor.len()).zip(sum).zip(max) {
@@ -333,18 +256,8 @@ impl WithSimd for ScaledSumMax<'_> {
             for q in 0..quads {
                 let i = 4 * q;
                 let (a, b, c, d) = (element(i), element(i + 1), element(i + 2), element(i + 3));
-                (s0, s1, s2, s3) = (
-                    simd.add_f32s(s0, a),
-                    simd.add_f32s(s1, b),
-                    simd.add_f32s(s2, c),
-                    simd.add_f32s(s3, d),
-                );
-                (m0, m1, m2, m3) = (
-                    simd.max_f32s(m0, a),
-                    simd.max_f32s(m1, b),
-                    simd.max_f32s(m2, c),
-                    simd.max_f32s(m3, d),
-                );
+                (s0, s1, s2, s3) = (simd.add_f32s(s0, a), simd.add_f32s(s1, b), simd.add_f32s(s2, c), simd.add_f32s(s3, d));
+                (m0, m1, m2, m3) = (simd.max_f32s(m0, a), simd.max_f32s(m1, b), simd.max_f32s(m2, c), simd.max_f32s(m3, d));
             }
             for i in 4 * quads..head.len() {
                 let v = element(i);
@@ -352,18 +265,12 @@ impl WithSimd for ScaledSumMax<'_> {
             }
             // The partial load fills the missing lanes with zeros, which add nothing to the sum;
             // the tail's maximum is taken element by element.
-            let v = simd.mul_f32s(
-                simd.partial_load_f32s(tail),
-                simd.partial_load_f32s(factor_tail),
-            );
+            let v = simd.mul_f32s(simd.partial_load_f32s(tail), simd.partial_load_f32s(factor_tail));
             s0 = simd.add_f32s(s0, v);
             let s = simd.add_f32s(simd.add_f32s(s0, s1), simd.add_f32s(s2, s3));
             let m = simd.max_f32s(simd.max_f32s(m0, m1), simd.max_f32s(m2, m3));
             *sum = simd.reduce_sum_f32s(s);
-            let tail_max = tail
-                .iter()
-                .zip(factor_tail)
-                .fold(f32::NEG_INFINITY, |m, (&v, &f)| m.max(v * f));
+            let tail_max = tail.iter().zip(factor_tail).fold(f32::NEG_INFINITY, |m, (&v, &f)| m.max(v * f));
             *max = simd.reduce_max_f32s(m).max(tail_max);
         }
     }
@@ -379,13 +286,9 @@ pub(super) fn for_each_output_tile(
     f: impl Fn(Tile, &[i8], &mut [i8], &mut Vec<f32>) + Sync + Send,
 ) {
     let rows = (TILE_ELEMS / dims.c).max(1);
-    let outs = out
-        .chunks_mut(dims.image_len())
-        .flat_map(|image| image.chunks_mut(rows * dims.c));
+    let outs = out.chunks_mut(dims.image_len()).flat_map(|image| image.chunks_mut(rows * dims.c));
     let items = tiles(x, dims, outs);
-    for_each_tile(exec, x.len(), items, |(tile, x, out), scratch| {
-        f(tile, x, out, scratch)
-    });
+    for_each_tile(exec, x.len(), items, |(tile, x, out), scratch| f(tile, x, out, scratch));
 }
 
 /// `out[p, c] = round_to_int8((x[p, c] - zero_point) * factor[c] * row_factor[p])` (row factor
@@ -393,49 +296,20 @@ pub(super) fn for_each_output_tile(
 /// folded into `factor`.
 /// `in_range`: what [`in_range`] says of `factor` and `row_factor` (or of larger values).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn scale_rows(
-    level: Level,
-    x: &[i8],
-    zero_point: i32,
-    factor: &[f32],
-    row_factor: Option<&[f32]>,
-    in_range: bool,
-    output_zero_point: i32,
-    out: &mut [i8],
-) {
+pub(super) fn scale_rows(level: Level, x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, out: &mut [i8]) {
     if uses_avx512(level) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `uses_avx512` checked that the CPU has AVX-512.
-        return unsafe {
-            super::avx512::scale_rows(
-                x,
-                zero_point,
-                factor,
-                row_factor,
-                in_range,
-                output_zero_point,
-                out,
-            )
-        };
+        return unsafe { super::avx512::scale_rows(x, zero_point, factor, row_factor, in_range, output_zero_point, out) };
     }
-    level.dispatch(ScaleRows {
-        x,
-        zero_point,
-        factor,
-        row_factor,
-        output_zero_point,
-        out,
-    });
+    level.dispatch(ScaleRows { x, zero_point, factor, row_factor, output_zero_point, out });
 }
 
 /// Whether every `(x - zero_point) * factor[c] * row_factor[r]` is a finite number of
 /// magnitude below 2^24, whatever the int8 values: then rounding it cannot overflow an `i32`
 /// and the AVX-512 output pass leaves the clamping and NaN handling to its saturating packs.
 pub(super) fn in_range(factor: &[f32], row_factor: &[f32]) -> bool {
-    let largest = |v: &[f32]| {
-        v.iter()
-            .try_fold(0.0f32, |m, &v| v.is_finite().then(|| m.max(v.abs())))
-    };
+    let largest = |v: &[f32]| v.iter().try_fold(0.0f32, |m, &v| v.is_finite().then(|| m.max(v.abs())));
     match (largest(factor), largest(row_factor)) {
         (Some(f), Some(g)) => 256.0 * f as f64 * g as f64 * (1.0 + 1e-6) < (1 << 24) as f64,
         _ => false,
@@ -465,19 +339,8 @@ impl WithSimd for ScaleRows<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let Self {
-            x,
-            zero_point,
-            factor,
-            row_factor,
-            output_zero_point,
-            out,
-        } = self;
-        for (r, (row, out)) in x
-            .chunks_exact(factor.len())
-            .zip(out.chunks_exact_mut(factor.len()))
-            .enumerate()
-        {
+        let Self { x, zero_point, factor, row_factor, output_zero_point, out } = self;
+        for (r, (row, out)) in x.chunks_exact(factor.len()).zip(out.chunks_exact_mut(factor.len())).enumerate() {
             let g = row_factor.map_or(1.0, |s| s[r]);
             scale_row(row, zero_point, factor, g, output_zero_point, out);
         }
@@ -486,14 +349,7 @@ impl WithSimd for ScaleRows<'_> {
 
 /// One row's int8 output: see [`scale_rows`].
 #[inline(always)]
-pub(super) fn scale_row(
-    row: &[i8],
-    zero_point: i32,
-    factor: &[f32],
-    g: f32,
-    output_zero_point: i32,
-    out: &mut [i8],
-) {
+pub(super) fn scale_row(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) {
     for ((o, &q), &f) in out.iter_mut().zip(row).zip(factor) {
         *o = round_to_int8((q as i32 - zero_point) as f32 * f * g, output_zero_point);
     }

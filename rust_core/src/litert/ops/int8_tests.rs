@@ -6,47 +6,18 @@ use crate::test_util::data;
 
 /// A CBAM op's float inputs (map excluded): channel MLP, then the 3x3 spatial conv.
 fn cbam_weights(c: usize, r: usize) -> Vec<(Vec<usize>, Vec<f32>)> {
-    let shapes = [
-        vec![c, r],
-        vec![r],
-        vec![r, c],
-        vec![c],
-        vec![3, 3, 2, 1],
-        vec![1],
-    ];
-    shapes
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| (s.clone(), data(s.iter().product(), 40 + i as u64)))
-        .collect()
+    let shapes = [vec![c, r], vec![r], vec![r, c], vec![c], vec![3, 3, 2, 1], vec![1]];
+    shapes.into_iter().enumerate().map(|(i, s)| (s.clone(), data(s.iter().product(), 40 + i as u64))).collect()
 }
 
 const CONFIG: [i32; 6] = [1, 1, 1, 1, 1, 3];
 
 /// The int8 CBAM op's inputs: map, weights, quantization, config.
-fn inputs<'a>(
-    shape: &'a [usize],
-    x: &'a [i8],
-    weights: &'a [(Vec<usize>, Vec<f32>)],
-    q: &'a [f32],
-    q_shape: &'a [usize],
-) -> Vec<Tensor<'a>> {
-    let mut v = vec![Tensor {
-        shape,
-        data: TensorData::I8(x),
-    }];
-    v.extend(weights.iter().map(|(s, d)| Tensor {
-        shape: s,
-        data: TensorData::F32(d),
-    }));
-    v.push(Tensor {
-        shape: q_shape,
-        data: TensorData::F32(q),
-    });
-    v.push(Tensor {
-        shape: &[6],
-        data: TensorData::I32(&CONFIG),
-    });
+fn inputs<'a>(shape: &'a [usize], x: &'a [i8], weights: &'a [(Vec<usize>, Vec<f32>)], q: &'a [f32], q_shape: &'a [usize]) -> Vec<Tensor<'a>> {
+    let mut v = vec![Tensor { shape, data: TensorData::I8(x) }];
+    v.extend(weights.iter().map(|(s, d)| Tensor { shape: s, data: TensorData::F32(d) }));
+    v.push(Tensor { shape: q_shape, data: TensorData::F32(q) });
+    v.push(Tensor { shape: &[6], data: TensorData::I32(&CONFIG) });
     v
 }
 
@@ -66,36 +37,21 @@ fn int8_op_matches_the_block_and_the_reference() {
     run(OpKind::Cbam, Exec::single(), &all, &mut out).unwrap();
 
     let config: Vec<i64> = CONFIG.iter().map(|&v| v.into()).collect();
-    let Block::Cbam(block) = build(OpKind::Cbam, super::weights(&all), &config, c).unwrap() else {
-        panic!("not a CBAM block")
-    };
+    let Block::Cbam(block) = build(OpKind::Cbam, super::weights(&all), &config, c).unwrap() else { panic!("not a CBAM block") };
     let quantization = Quantization::from_values(q.map(f64::from)).unwrap();
-    let dims = Dims {
-        n,
-        h,
-        w,
-        c,
-        layout: Layout::ChannelsLast,
-    };
+    let dims = Dims { n, h, w, c, layout: Layout::ChannelsLast };
     let mut want = vec![0i8; x.len()];
     block.forward_int8(Exec::single(), &x, dims, quantization, &mut want);
     assert_eq!(out, want);
     // And the definition (the block tests say why 1 LSB).
-    forward_reference(quantization, &x, &mut want, |xf, y| {
-        block.forward(Exec::single(), xf, dims, y)
-    });
-    assert!(out
-        .iter()
-        .zip(&want)
-        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1));
+    forward_reference(quantization, &x, &mut want, |xf, y| block.forward(Exec::single(), xf, dims, y));
+    assert!(out.iter().zip(&want).all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1));
 
     // The cache gives the same, one block for the node.
     let cache = BlockCache::default();
     for _ in 0..2 {
         let mut cached = vec![0i8; x.len()];
-        cache
-            .run(OpKind::Cbam, Exec::single(), &all, &mut cached)
-            .unwrap();
+        cache.run(OpKind::Cbam, Exec::single(), &all, &mut cached).unwrap();
         assert_eq!(cached, out);
     }
     assert_eq!(cache.len(), 1);
@@ -107,45 +63,24 @@ fn int8_inputs_are_checked() {
     let x = quantized_map(72);
     let weights = cbam_weights(8, 2);
     let good = [0.1, 0.0, 0.1, 0.0];
-    let run_with = |inputs: &[Tensor], out: &mut Vec<i8>| {
-        run(OpKind::Cbam, Exec::single(), inputs, out).unwrap_err()
-    };
+    let run_with = |inputs: &[Tensor], out: &mut Vec<i8>| run(OpKind::Cbam, Exec::single(), inputs, out).unwrap_err();
     let mut out = vec![0i8; 72];
 
     // The float op's count (no quantization vector) for an int8 map.
     let all = inputs(&shape, &x, &weights, &good, &[4]);
     let mut short = all.clone();
     short.remove(all.len() - 2);
-    assert!(
-        run_with(&short, &mut out).contains("expected 9 inputs"),
-        "{}",
-        run_with(&short, &mut out)
-    );
+    assert!(run_with(&short, &mut out).contains("expected 9 inputs"), "{}", run_with(&short, &mut out));
 
     let bad: [([f32; 4], &str); 4] = [
-        (
-            [0.0, 0.0, 0.1, 0.0],
-            "input_scale must be a finite number > 0, got 0",
-        ),
-        (
-            [0.1, -129.0, 0.1, 0.0],
-            "input_zero_point must be an integer in -128..=127, got -129",
-        ),
-        (
-            [0.1, 0.0, f32::INFINITY, 0.0],
-            "output_scale must be a finite number > 0, got inf",
-        ),
-        (
-            [0.1, 0.0, 0.1, 2.5],
-            "output_zero_point must be an integer in -128..=127, got 2.5",
-        ),
+        ([0.0, 0.0, 0.1, 0.0], "input_scale must be a finite number > 0, got 0"),
+        ([0.1, -129.0, 0.1, 0.0], "input_zero_point must be an integer in -128..=127, got -129"),
+        ([0.1, 0.0, f32::INFINITY, 0.0], "output_scale must be a finite number > 0, got inf"),
+        ([0.1, 0.0, 0.1, 2.5], "output_zero_point must be an integer in -128..=127, got 2.5"),
     ];
     for (q, message) in bad {
         let e = run_with(&inputs(&shape, &x, &weights, &q, &[4]), &mut out);
-        assert!(
-            e.contains("quantization input") && e.contains(message),
-            "{e}"
-        );
+        assert!(e.contains("quantization input") && e.contains(message), "{e}");
     }
     let e = run_with(&inputs(&shape, &x, &weights, &good[..3], &[3]), &mut out);
     assert!(e.contains("must be the float32 quantization vector"), "{e}");
@@ -177,69 +112,30 @@ fn flex(ints: &[(&str, i64)], floats: &[(&str, f64)], strings: &[(&str, &str)]) 
 
 #[test]
 fn quantization_attributes_are_all_or_none_and_checked() {
-    let ints = [
-        ("version", 1),
-        ("channel_gate", 1),
-        ("spatial_gate", 0),
-        ("pool_avg", 1),
-        ("pool_max", 1),
-        ("kernel_size", 7),
-    ];
+    let ints = [("version", 1), ("channel_gate", 1), ("spatial_gate", 0), ("pool_avg", 1), ("pool_max", 1), ("kernel_size", 7)];
     let read = |floats: &[(&str, f64)], zero_points: &[(&str, i64)]| {
         let mut all = ints.to_vec();
         all.extend_from_slice(zero_points);
         let options = flex(&all, floats, &[]);
-        OpKind::Cbam
-            .attributes(&options)
-            .and_then(|_| OpKind::Cbam.quantization_attributes(&options))
+        OpKind::Cbam.attributes(&options).and_then(|_| OpKind::Cbam.quantization_attributes(&options))
     };
     let zps = [("input_zero_point", -128), ("output_zero_point", 127)];
-    let q = read(&[("input_scale", 0.5), ("output_scale", 0.25)], &zps)
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (
-            q.input_scale,
-            q.input_zero_point,
-            q.output_scale,
-            q.output_zero_point
-        ),
-        (0.5, -128, 0.25, 127)
-    );
+    let q = read(&[("input_scale", 0.5), ("output_scale", 0.25)], &zps).unwrap().unwrap();
+    assert_eq!((q.input_scale, q.input_zero_point, q.output_scale, q.output_zero_point), (0.5, -128, 0.25, 127));
     assert_eq!(read(&[], &[]).unwrap(), None);
 
     let err = read(&[("input_scale", 0.5)], &zps).unwrap_err();
-    assert!(
-        err.contains("malformed quantization attributes")
-            && err.contains("missing [\"output_scale\"]"),
-        "{err}"
-    );
+    assert!(err.contains("malformed quantization attributes") && err.contains("missing [\"output_scale\"]"), "{err}");
     let err = read(&[("input_scale", -0.5), ("output_scale", 0.25)], &zps).unwrap_err();
-    assert!(
-        err.contains("input_scale must be a finite number > 0, got -0.5"),
-        "{err}"
-    );
+    assert!(err.contains("input_scale must be a finite number > 0, got -0.5"), "{err}");
     let err = read(&[("input_scale", 0.5), ("output_scale", f64::NAN)], &zps).unwrap_err();
-    assert!(
-        err.contains("output_scale must be a finite number > 0, got NaN"),
-        "{err}"
-    );
-    let err = read(
-        &[("input_scale", 0.5), ("output_scale", 0.25)],
-        &[("input_zero_point", 300), ("output_zero_point", 0)],
-    )
-    .unwrap_err();
-    assert!(
-        err.contains("input_zero_point must be an integer in -128..=127, got 300"),
-        "{err}"
-    );
+    assert!(err.contains("output_scale must be a finite number > 0, got NaN"), "{err}");
+    let err = read(&[("input_scale", 0.5), ("output_scale", 0.25)], &[("input_zero_point", 300), ("output_zero_point", 0)]).unwrap_err();
+    assert!(err.contains("input_zero_point must be an integer in -128..=127, got 300"), "{err}");
 
     let mut all = ints.to_vec();
     all.extend_from_slice(&zps);
     let options = flex(&all, &[("output_scale", 0.25)], &[("input_scale", "big")]);
     let err = OpKind::Cbam.attributes(&options).unwrap_err();
-    assert!(
-        err.contains("\"input_scale\" must be a number, got String"),
-        "{err}"
-    );
+    assert!(err.contains("\"input_scale\" must be a number, got String"), "{err}");
 }
