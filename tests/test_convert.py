@@ -8,6 +8,7 @@ state dict; neither uses keras_attn. The loaded Keras models must match it withi
 
 import math
 import sys
+import types
 
 import keras
 import numpy as np
@@ -465,8 +466,60 @@ def test_bad_arguments():
 
 def test_checkpoint_without_torch_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    path = tmp_path / "model.pth.tar"
+    path.write_bytes(b"PK\x03\x04")
     with pytest.raises(ImportError, match="pip install torch"):
-        load_torch_checkpoint(small_plain_model(), tmp_path / "model.pth.tar")
+        load_torch_checkpoint(small_plain_model(), path)
+
+
+def test_bad_values_are_all_reported_and_nothing_is_loaded():
+    model, state = small_plain_model(), small_plain_state_dict()
+    before = [w.numpy().copy() for w in model.weights]
+    state["conv.weight"] = state["conv.weight"] * (1 + 1j)
+    state["bn.weight"] = np.array([1.0, None, 1.0, 1.0], dtype=object)
+    state["bn.running_var"] = np.array([1.0, -0.5, 1.0, 1.0], np.float32)
+    state["bn.bias"] = np.array([0.0, 1e300, 0.0, 0.0])  # infinite in float32
+    state["fc.weight"] = np.where(np.eye(5, 4) > 0, np.nan, state["fc.weight"])
+    state["fc.bias"] = np.array(["0"] * 5)  # the last key: everything else would be assigned
+    with pytest.raises(StateDictMismatchError) as info:
+        load_torch_state_dict(model, state)
+    error = info.value
+    assert not (error.missing or error.unexpected or error.mismatched)
+    bad = dict(line.split(": ", 1) for line in error.invalid)
+    assert sorted(bad) == ["bn.bias", "bn.running_var", "bn.weight", "conv.weight", "fc.bias",
+                           "fc.weight"]
+    assert "complex" in bad["conv.weight"] and "strings" in bad["fc.bias"]
+    assert "Python objects" in bad["bn.weight"] and "negative" in bad["bn.running_var"]
+    assert "4 of 20 values are NaN or infinite" in bad["fc.weight"]
+    assert "1 of 4 values" in bad["bn.bias"]
+    assert "6 bad values:" in str(error)
+    for weight, old in zip(model.weights, before):
+        np.testing.assert_array_equal(weight.numpy(), old)
+
+
+def test_allow_non_finite_loads_nan_weights():
+    model, state = small_plain_model(), small_plain_state_dict()
+    state["fc.bias"] = np.full(5, np.nan, np.float32)
+    with pytest.raises(StateDictMismatchError, match="fc.bias: 5 of 5 values are NaN"):
+        load_torch_state_dict(model, state)
+    load_torch_state_dict(model, state, allow_non_finite=True)
+    assert np.isnan(model.get_layer("fc").bias.numpy()).all()
+
+
+def test_empty_or_unreadable_checkpoint_file_names_the_file(monkeypatch, tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    with pytest.raises(ValueError, match=r"empty\.pth' is an empty file"):
+        load_torch_checkpoint(small_plain_model(), empty)
+
+    def truncated_load(path, **kwargs):
+        raise EOFError()
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=truncated_load))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match=r"truncated\.pth' could not be read .*EOFError"):
+        load_torch_checkpoint(small_plain_model(), truncated)
 
 
 # --- Against PyTorch itself, when it is installed. -----------------------------------------------

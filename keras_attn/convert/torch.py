@@ -16,30 +16,34 @@ _DATA_PARALLEL_PREFIX = "module."
 
 
 class StateDictMismatchError(ValueError):
-    """A state dict whose keys or shapes do not fit the model; lists every problem at once.
+    """A state dict that does not fit the model or holds bad values; lists every problem at once.
 
     Attributes:
         missing: keys the model needs that the state dict lacks.
         unexpected: keys of the state dict the model has no place for.
         mismatched: `"key: checkpoint shape ..., model expects ..."` lines.
+        invalid: `"key: what is wrong"` lines for values that cannot be loaded (not real
+            numbers, NaN or infinite, negative BatchNorm variances).
     """
 
-    def __init__(self, target, missing, unexpected, mismatched):
+    def __init__(self, target, missing, unexpected, mismatched, invalid=()):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
+        self.invalid = list(invalid)
         sections = [
             (f"{len(items)} {title}" + ("" if len(items) == 1 else "s") + ":\n  "
              + "\n  ".join(items))
             for title, items in (("missing key", self.missing),
                                  ("unexpected key", self.unexpected),
-                                 ("shape mismatch", self.mismatched))
+                                 ("shape mismatch", self.mismatched),
+                                 ("bad value", self.invalid))
             if items
         ]
         super().__init__(f"The state dict does not fit {target!r}.\n" + "\n".join(sections))
 
 
-def load_torch_state_dict(model_or_layer, state_dict):
+def load_torch_state_dict(model_or_layer, state_dict, *, allow_non_finite=False):
     """Loads the authors' PyTorch state dict into a keras_attn model or attention layer.
 
     Keys are the authors' names (`Jongchan/attention-module`): for a `keras_attn.models` ResNet
@@ -56,15 +60,19 @@ def load_torch_state_dict(model_or_layer, state_dict):
     gets `fusion="product"`, the fusion the authors' code (and so their weights) uses. A model's
     already traced `fit`/`evaluate`/`predict` functions are discarded, so they retrace with these.
 
-    Nothing is assigned unless every key fits.
+    Nothing is assigned unless every key fits and every value is good: every tensor is
+    converted and checked first (real numbers, finite, BatchNorm `running_var` >= 0, the right
+    shape), and only then are the variables assigned.
 
     Args:
         model_or_layer: a built Keras model or layer.
         state_dict: mapping from key to NumPy array (or torch tensor, if torch is installed).
+        allow_non_finite: load NaN and infinite values instead of refusing them (to inspect a
+            checkpoint whose training diverged).
 
     Raises:
-        StateDictMismatchError: (a `ValueError`) listing all missing keys, unexpected keys and
-            shape mismatches together.
+        StateDictMismatchError: (a `ValueError`) listing all missing keys, unexpected keys,
+            shape mismatches and bad values together.
         TypeError: for a non-mapping state dict, a value that is not an array, or a layer
             holding weights that has no PyTorch naming.
     """
@@ -87,6 +95,7 @@ def load_torch_state_dict(model_or_layer, state_dict):
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys() - names.optional_keys)
     mismatched = []
+    invalid = []
     values = []
     for key, parameter in expected.items():
         if key not in given:
@@ -98,12 +107,17 @@ def load_torch_state_dict(model_or_layer, state_dict):
             mismatched.append(f"{key}: checkpoint {array.shape}, model expects "
                               f"{parameter.torch_shape}")
             continue
-        values.append((parameter.variable, _to_keras_layout(array, parameter.layout)))
-    if missing or unexpected or mismatched:
-        raise StateDictMismatchError(model_or_layer.name, missing, unexpected, mismatched)
+        value, problem = _checked_value(array, parameter, allow_non_finite)
+        if problem:
+            invalid.append(f"{key}: {problem}")
+        else:
+            values.append((parameter.variable, value))
+    if missing or unexpected or mismatched or invalid:
+        raise StateDictMismatchError(model_or_layer.name, missing, unexpected, mismatched,
+                                     invalid)
 
     for variable, value in values:
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value)
     for batchnorm, torch_momentum in names.batchnorms:
         batchnorm.momentum = 1.0 - torch_momentum
         batchnorm.epsilon = TORCH_BN_EPSILON
@@ -116,8 +130,8 @@ def load_torch_state_dict(model_or_layer, state_dict):
         model_or_layer.predict_function = None
 
 
-def load_torch_checkpoint(model, path):
-    """Loads a `.pth` / `.pth.tar` checkpoint of the authors' code into `model`.
+def load_torch_checkpoint(model, path, *, allow_non_finite=False):
+    """Loads a `.pth` / `.pth.tar` checkpoint into `model` (see `load_torch_state_dict`).
 
     Reads the file with `torch.load(path, map_location="cpu", weights_only=True)` (so no code in
     the file runs), takes its `"state_dict"` entry when it has one (the authors' training script
@@ -126,11 +140,19 @@ def load_torch_checkpoint(model, path):
     Args:
         model: a built Keras model or layer.
         path: path of the checkpoint file.
+        allow_non_finite: passed to `load_torch_state_dict`.
 
     Raises:
-        ImportError: when PyTorch is not installed (it says how to install it).
         FileNotFoundError: when `path` is not a file.
+        ValueError: when the file is empty or PyTorch cannot read it as a checkpoint.
+        ImportError: when PyTorch is not installed (it says how to install it).
     """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be a checkpoint file, got {path!r} (no such file).")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"`path` {path!r} is an empty file (0 bytes), not a checkpoint; an "
+                         "interrupted download or copy leaves such files: fetch it again.")
     try:
         import torch
     except ImportError as error:
@@ -140,13 +162,14 @@ def load_torch_checkpoint(model, path):
             "--index-url https://download.pytorch.org/whl/cpu`), or read the tensors elsewhere "
             "and pass them as NumPy arrays to keras_attn.convert.load_torch_state_dict."
         ) from error
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`path` must be a checkpoint file, got {path!r} (no such file).")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
+        raise ValueError(f"`path` {path!r} could not be read as a PyTorch checkpoint "
+                         f"({type(error).__name__}: {error}); is the file complete?") from error
     if isinstance(checkpoint, collections.abc.Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
-    load_torch_state_dict(model, checkpoint)
+    load_torch_state_dict(model, checkpoint, allow_non_finite=allow_non_finite)
 
 
 def _strip_data_parallel_prefix(state_dict):
@@ -172,6 +195,27 @@ def _to_numpy(key, value):
     if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
         raise TypeError(f"`state_dict[{key!r}]` must be an array, got {type(value).__name__}.")
     return np.asarray(value)
+
+
+def _checked_value(array, parameter, allow_non_finite):
+    """(the value in the variable's layout and dtype, None) or (None, what is wrong with it)."""
+    if array.dtype.kind not in "iuf":
+        what = {"c": "complex numbers", "b": "booleans", "U": "strings", "S": "bytes",
+                "O": "Python objects"}.get(array.dtype.kind, f"dtype {array.dtype}")
+        return None, f"holds {what}, expected real numbers"
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: reported below
+        value = _to_keras_layout(array, parameter.layout).astype(parameter.variable.dtype)
+    if not allow_non_finite:
+        non_finite = value.size - np.count_nonzero(np.isfinite(value))
+        if non_finite:
+            return None, (f"{non_finite} of {value.size} values are NaN or infinite (in the "
+                          "variable's dtype); pass allow_non_finite=True to load them anyway")
+    if parameter.kind == "batchnorm" and parameter.key.rsplit(".", 1)[-1] == "running_var":
+        negative = np.count_nonzero(value < 0)
+        if negative:
+            return None, (f"{negative} negative variances (smallest {value.min():g}); "
+                          "a BatchNorm variance must be >= 0")
+    return value, None
 
 
 def _to_keras_layout(array, layout):
