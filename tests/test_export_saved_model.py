@@ -52,10 +52,28 @@ def test_replaces_existing_export(model, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["served"]
 
 
-def test_missing_folder(model, tmp_path):
-    with pytest.raises(ValueError, match=r"`path`: the folder .*nowhere.* does not exist"):
-        to_saved_model(model, tmp_path / "nowhere" / "served")
+def test_creates_parent_folders(model, tmp_path):
+    path = to_saved_model(model, tmp_path / "serving" / "cnn" / "1")
+    assert (tmp_path / "serving" / "cnn" / "1" / "saved_model.pb").exists()
+    assert os.listdir(tmp_path / "serving" / "cnn") == ["1"]
+    assert path == str(tmp_path / "serving" / "cnn" / "1")
+
+
+def test_failed_export_removes_the_folders_it_created(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match=r"Unsupported x=not a spec"):
+        to_saved_model(model, tmp_path / "serving" / "1", input_signature=["not a spec"])
     assert os.listdir(tmp_path) == []
+
+
+def test_stale_partial_of_the_same_target_is_removed(model, tmp_path):
+    stale = tmp_path / ".served.999999999.k2j4_x9q.partial"
+    other = tmp_path / ".other.999999999.k2j4_x9q.partial"
+    running = tmp_path / f".served.{os.getpid()}.k2j4_x9q.partial"  # a live export: kept
+    for folder in (stale, other, running):
+        folder.mkdir()
+    to_saved_model(model, tmp_path / "served")
+    assert sorted(os.listdir(tmp_path)) == sorted([other.name, running.name, "served"])
 
 
 def test_unbuilt_model(tmp_path):

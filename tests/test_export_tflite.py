@@ -1,6 +1,7 @@
 """keras_attn.export.to_tflite on plain Keras CNNs: quantization modes, op checks, bad input."""
 
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -138,10 +139,46 @@ def test_flex_op_is_refused_and_nothing_written(tmp_path):
     assert os.listdir(tmp_path) == ["inverse.tflite"]
 
 
-def test_missing_folder(model, tmp_path):
-    with pytest.raises(ValueError, match=r"`path`: the folder .*missing.* does not exist"):
-        to_tflite(model, tmp_path / "missing" / "m.tflite")
+def test_creates_parent_folders_and_keeps_scratch_files_beside_the_target(
+    model, tmp_path, monkeypatch
+):
+    stale = tmp_path / "new" / "dir" / ".m.tflite.999999999.abcd_123.partial"
+    stale.mkdir(parents=True)
+    (stale / "saved_model.pb").write_bytes(b"left by a killed export")
+    scratch = []
+    real = tempfile.TemporaryDirectory
+
+    def recording(*args, **kwargs):
+        folder = real(*args, **kwargs)
+        scratch.append(folder.name)
+        return folder
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    report = to_tflite(model, tmp_path / "new" / "dir" / "m.tflite")
+    assert report.path == str(tmp_path / "new" / "dir" / "m.tflite")
+    assert os.listdir(tmp_path / "new" / "dir") == ["m.tflite"]  # the stale folder is gone
+    assert scratch and all(  # Keras' intermediate SavedModel went beside the target
+        os.path.dirname(os.path.dirname(s)) == str(tmp_path / "new" / "dir") for s in scratch
+    )
+
+
+def test_failed_export_removes_the_folders_it_created(tmp_path):
+    with pytest.raises(ValueError, match=r"TF Select ops: MatrixInverse"):
+        to_tflite(matrix_inverse_model(), tmp_path / "a" / "b" / "inverse.tflite")
     assert os.listdir(tmp_path) == []
+
+
+def test_existing_folder_as_target_names_it(model, tmp_path):
+    (tmp_path / "m.tflite").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"`path` must be a file .*m\.tflite.* existing folder"):
+        to_tflite(model, tmp_path / "m.tflite")
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_parent_is_a_file(model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"`path`: cannot create a folder .*is a file"):
+        to_tflite(model, tmp_path / "file" / "m.tflite")
 
 
 def test_int8_without_representative_data(model, tmp_path):

@@ -24,8 +24,8 @@ def to_saved_model(model, path, input_signature=None):
 
     Args:
         model: a built `keras.Model`.
-        path: folder to create; its parent must exist. An existing folder there is replaced only
-            once the new export is complete.
+        path: folder to create (missing parent folders are created too). An existing folder
+            there is replaced only once the new export is complete.
         input_signature: optional list of `tf.TensorSpec` (or `keras.InputSpec`), one per model
             input; by default the model's inputs with a `None` batch dimension.
 
@@ -39,7 +39,7 @@ def to_saved_model(model, path, input_signature=None):
     >>> loaded.serve(images)  # doctest: +SKIP
     """
     check_model(model)
-    path = check_target(path)
+    path = check_target(path, kind="folder")
     with atomic_output(path) as tmp:
         model.export(tmp, format="tf_saved_model", input_signature=input_signature, verbose=False)
     return path

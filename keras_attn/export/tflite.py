@@ -185,7 +185,7 @@ def to_tflite(
 
     Args:
         model: a built `keras.Model` (TensorFlow backend).
-        path: the `.tflite` file to write; its folder must exist.
+        path: the `.tflite` file to write (missing parent folders are created too).
         quantization: `None` (float32), `"float16"` (float16 weights, float32 compute),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full-integer weights and
             activations, calibrated on `representative_data`).
