@@ -160,3 +160,14 @@ def test_malformed_int8_attributes_are_rejected_at_compile(tmp_path):
     bad.write_bytes(align_buffers(bytes(fbu.convert_object_to_bytearray(model))))
     with pytest.raises(ValueError, match="KerasAttnSE: .*output_scale"):
         edge.Runtime(bad)
+
+
+def test_non_finite_calibration_data_is_refused_before_conversion(tmp_path, monkeypatch):
+    make, shape, batch = BLOCKS["se"]
+    data = _calibration(shape)
+    data[7, 0, 0, 0] = np.inf
+    model = _block_model(make, shape, batch)
+    monkeypatch.setattr(model, "export", lambda *a, **k: pytest.fail("converted bad data"))
+    with pytest.raises(ValueError, match=r"`representative_data`: sample 7 holds inf"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", representative_data=data,
+                  fused_attention=True)

@@ -202,6 +202,26 @@ def test_representative_data_shape(model, tmp_path):
         to_tflite(model, tmp_path / "m.tflite", "int8", np.zeros((4, 12, 12), "float32"))
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_representative_data_non_finite_names_the_sample(model, tmp_path, bad):
+    data = np.zeros((6,) + SHAPE, "float32")
+    data[4, 1, 2, 0] = bad
+    data[5] = bad
+    kind = {np.inf: "inf", -np.inf: "-inf"}.get(bad, "NaN")
+    with pytest.raises(ValueError, match=rf"`representative_data`: sample 4 holds {kind} \(1 of 432"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", data)
+    assert os.listdir(tmp_path) == []
+
+
+def test_representative_data_empty_or_not_real(model, tmp_path):
+    with pytest.raises(ValueError, match=r"`representative_data` is empty \(shape \(0, 12, 12, 3\)"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", np.zeros((0,) + SHAPE, "float32"))
+    with pytest.raises(ValueError, match=r"must hold real numbers .*got dtype complex64"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", np.zeros((2,) + SHAPE, "complex64"))
+    with pytest.raises(ValueError, match=r"must hold real numbers .*got dtype <U1"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", np.full((2,) + SHAPE, "a"))
+
+
 def test_representative_data_count(model, tmp_path):
     with pytest.raises(ValueError, match=r"one array per model input \(1\); got 2"):
         to_tflite(model, tmp_path / "m.tflite", "int8", [np.zeros((4,) + SHAPE)] * 2)

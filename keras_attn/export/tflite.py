@@ -59,8 +59,38 @@ def _input_signature(model, batch_size):
     ]
 
 
+def _calibration_array(data, name):
+    """`data` as a float32 array, refusing what is not real numbers."""
+    try:
+        array = np.asarray(data)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{name} must be an array of real numbers: {err}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must hold real numbers (float or integer); got dtype {array.dtype}."
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def _first_non_finite(array, name):
+    """Raises a ValueError naming the first sample of `array` with a NaN or an infinity."""
+    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        sample = array[index]
+        kinds = [k for k, bad in (("NaN", np.isnan(sample)), ("inf", np.isposinf(sample)),
+                                  ("-inf", np.isneginf(sample))) if bad.any()]
+        raise ValueError(
+            f"{name}: sample {index} holds {' and '.join(kinds)} "
+            f"({int(np.size(sample) - np.isfinite(sample).sum())} of {np.size(sample)} values); "
+            "calibration needs finite inputs (the quantizer derives its ranges from them)."
+        )
+
+
 def _calibration_batches(representative_data, signature):
-    """Validates `representative_data` and returns a generator function over its batches."""
+    """Validates `representative_data` (one real, finite, non-empty array per model input, shaped
+    like it) and returns a generator function over its batches. Every int8 export, builtin or
+    fused, calibrates through this function."""
     arrays = (
         list(representative_data)
         if isinstance(representative_data, (list, tuple))
@@ -71,7 +101,10 @@ def _calibration_batches(representative_data, signature):
             f"`representative_data` must hold one array per model input ({len(signature)}); "
             f"got {len(arrays)}."
         )
-    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    several = len(arrays) > 1
+    names = [f"`representative_data[{i}]`" if several else "`representative_data`"
+             for i in range(len(arrays))]
+    arrays = [_calibration_array(a, name) for a, name in zip(arrays, names)]
     for a, spec in zip(arrays, signature):
         expected = tuple(spec.shape)[1:]
         if a.ndim != len(expected) + 1 or any(
@@ -84,6 +117,13 @@ def _calibration_batches(representative_data, signature):
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
         raise ValueError("`representative_data`: every input needs the same number of samples.")
+    if count == 0 or arrays[0][0].size == 0:
+        raise ValueError(
+            f"`representative_data` is empty (shape {arrays[0].shape}); pass a few hundred "
+            "typical inputs."
+        )
+    for a, name in zip(arrays, names):
+        _first_non_finite(a, name)
     batch = signature[0].shape[0] or 1
     if count < batch:
         raise ValueError(
@@ -97,7 +137,7 @@ def _calibration_batches(representative_data, signature):
     return batches
 
 
-def _converter_options(quantization, representative_data, io_dtype, signature):
+def _converter_options(quantization, calibration, io_dtype, signature):
     import tensorflow as tf
 
     builtins = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
@@ -114,7 +154,7 @@ def _converter_options(quantization, representative_data, io_dtype, signature):
     return {
         "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
         "optimizations": [tf.lite.Optimize.DEFAULT],
-        "representative_dataset": _calibration_batches(representative_data, signature),
+        "representative_dataset": calibration,
         "inference_input_type": io_type,
         "inference_output_type": io_type,
     }
@@ -191,7 +231,8 @@ def to_tflite(
             activations, calibrated on `representative_data`).
         representative_data: for `"int8"` only: a float array of samples shaped like the model
             input, `(num_samples, H, W, C)` (a list of arrays for several inputs). A few hundred
-            typical inputs calibrate well.
+            typical inputs calibrate well. Every value must be finite: a `ValueError` names the
+            first sample with a NaN or an infinity, before anything is converted.
         io_dtype: for `"int8"` only: `"float32"` keeps float inputs and outputs (quantized inside
             the model), `"int8"` makes them int8 (quantize with the input tensor's scale and
             zero point).
@@ -255,8 +296,11 @@ def to_tflite(
     signature = input_signature or _input_signature(model, batch_size)
     # A fused int8 model is quantized after conversion, by keras_attn.export.fused_int8.
     fused_int8 = fused_attention and quantization == "int8"
+    calibration = (
+        _calibration_batches(representative_data, signature) if quantization == "int8" else None
+    )
     options = _converter_options(
-        None if fused_int8 else quantization, representative_data, io_dtype, signature
+        None if fused_int8 else quantization, calibration, io_dtype, signature
     )
     allowed_custom = ()
     swap = contextlib.nullcontext()
@@ -282,8 +326,7 @@ def to_tflite(
         if fused_int8:
             from keras_attn.export import fused_int8 as int8
 
-            batches = _calibration_batches(representative_data, signature)
-            data = int8.quantize(int8.calibrate(data, batches()), io_dtype)
+            data = int8.quantize(int8.calibrate(data, calibration()), io_dtype)
         if quantization == "int8":
             data, _ = widen_empty_ranges(data)
         if fused_int8:
