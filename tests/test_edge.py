@@ -220,3 +220,11 @@ def test_fused_attention_can_name_the_block_families_to_fuse(tmp_path):
                                atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"`fused_attention` must be True, False, a non-empty"):
         to_tflite(model, tmp_path / "bad.tflite", fused_attention=["eca"])
+
+
+def test_fused_attention_with_nothing_to_fuse_warns(tmp_path):
+    inputs = keras.Input((6, 5, 8), batch_size=1)
+    model = keras.Model(inputs, keras_attn.ECA()(keras.layers.Conv2D(8, 3)(inputs)))
+    with pytest.warns(UserWarning, match=r"fused_attention=True\): no layer of `model` was fused"):
+        report = to_tflite(model, tmp_path / "plain.tflite", fused_attention=True)
+    assert read_tflite(report.path).custom_ops() == []

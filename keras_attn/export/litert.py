@@ -22,6 +22,7 @@ def _quantize(x, detail):
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
     q = np.round(x / scale) + zero_point
+    q = np.where(np.isnan(q), zero_point, q)  # NaN has no integer: it becomes 0.0, as documented
     return np.clip(q, info.min, info.max).astype(detail["dtype"])
 
 
@@ -34,9 +35,13 @@ class LiteRTModel:
     """A `.tflite` model in LiteRT's interpreter, called on NumPy arrays like a Keras model.
 
     Float inputs are quantized for integer (int8) model inputs and integer outputs are
-    dequantized, so int8-I/O and float-I/O models are called the same way. Inputs larger than the
-    model's fixed batch dimension run in chunks; dynamic dimensions (`-1` in the model, e.g. from
-    `(None, None, C)` Keras inputs) are resized to each call's shape.
+    dequantized, so int8-I/O and float-I/O models are called the same way. An int8 value cannot
+    hold a NaN or an infinity: a NaN input value is quantized as 0.0 (the input's zero point) and
+    +-inf saturates to the int8 range (like any value beyond it), so such an input gives finite,
+    meaningless outputs; check inputs with `np.isfinite` where they may hold them.
+
+    Inputs larger than the model's fixed batch dimension run in chunks; dynamic dimensions (`-1`
+    in the model, e.g. from `(None, None, C)` Keras inputs) are resized to each call's shape.
 
     Args:
         path: the `.tflite` file.

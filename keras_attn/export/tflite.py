@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -341,6 +342,14 @@ def to_tflite(
             raise ValueError(
                 f"`model` converted with non-builtin ops {graph.custom_ops()}; only TFLite "
                 "builtins are allowed."
+            )
+        if fused_attention and not graph.custom_ops():
+            warnings.warn(
+                f"to_tflite(fused_attention={fused_attention!r}): no layer of `model` was fused "
+                "(it has no channels_last CBAM, ChannelAttention, SpatialAttention, "
+                "SqueezeExcite or BAM layer that the selection accepts), so the file has "
+                "builtin ops only.",
+                stacklevel=2,
             )
         size = os.path.getsize(tmp)
     return TFLiteReport(
