@@ -104,10 +104,10 @@ def test_malformed_attributes_are_rejected_at_compile(exported, tmp_path):
     fused = exported("se")[2]
 
     def future_version(model, op):
-        op.customOptions = list(flexbuffers.Dumps({"version": 2}))
+        op.customOptions = list(flexbuffers.Dumps({"version": 3, "residual": 0, "relu": 0}))
 
     bad = _rewrite(fused, tmp_path / "v2.tflite", future_version)
-    with pytest.raises(ValueError, match="KerasAttnSE: attribute version 2 is not supported"):
+    with pytest.raises(ValueError, match="KerasAttnSE: attribute version 3 is not supported"):
         edge.Runtime(bad)
 
     def garbage(model, op):
@@ -119,11 +119,12 @@ def test_malformed_attributes_are_rejected_at_compile(exported, tmp_path):
 
 
 def test_wrong_input_count_is_rejected_at_compile(exported, tmp_path):
-    def drop_a_weight(model, op):
-        op.inputs = np.delete(np.asarray(op.inputs), 1)
+    def two_more_weights(model, op):
+        inputs = np.asarray(op.inputs)
+        op.inputs = np.insert(inputs, 1, [inputs[1], inputs[1]])
 
-    bad = _rewrite(exported("cbam_odd_batch2")[2], tmp_path / "short.tflite", drop_a_weight)
-    with pytest.raises(ValueError, match=r"KerasAttnCBAM: expected \[4, 6, 8\] inputs, got 7"):
+    bad = _rewrite(exported("cbam_odd_batch2")[2], tmp_path / "long.tflite", two_more_weights)
+    with pytest.raises(ValueError, match=r"KerasAttnCBAM: expected \[4, 5, 6, 7, 8, 9\] inputs, got 10"):
         edge.Runtime(bad)
 
 

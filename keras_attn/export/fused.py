@@ -21,20 +21,23 @@ import numpy as np
 
 from keras_attn import cpu
 
-ATTRIBUTE_VERSION = 1
+ATTRIBUTE_VERSION = 2
 OP_NAMES = ("KerasAttnCBAM", "KerasAttnSE", "KerasAttnBAM")
 # The names `to_tflite(fused_attention=...)` takes to fuse some block families only, and their ops.
 FAMILIES = {"cbam": "KerasAttnCBAM", "se": "KerasAttnSE", "bam": "KerasAttnBAM"}
 # Attribute names in config-vector order; must match rust_core/src/litert/ops.rs (OpKind::keys).
 _KEYS = {
-    "KerasAttnCBAM": ("version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size"),
-    "KerasAttnSE": ("version",),
-    "KerasAttnBAM": ("version", "dense_layers", "conv_layers", "dilation", "fusion_product"),
+    "KerasAttnCBAM": ("version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size", "residual", "relu"),
+    "KerasAttnSE": ("version", "residual", "relu"),
+    "KerasAttnBAM": ("version", "dense_layers", "conv_layers", "dilation", "fusion_product", "residual", "relu"),
 }
+# The epilogue attributes of a block not followed by a fused residual add and ReLU.
+_NO_EPILOGUE = {"residual": 0, "relu": 0}
 _ALIGNMENT = 64
 
 
 def _signature(op, attributes):
+    attributes = {**_NO_EPILOGUE, **attributes}
     values = [attributes[key] for key in _KEYS[op]]
     attrs = "".join(f' attr {{ key: "{k}" value {{ i: {int(v)} }} }}' for k, v in zip(_KEYS[op], values))
     return f'name: "{op}" attr {{ key: "tfl_fusable_op" value {{ b: true }} }}{attrs}', values

@@ -1,7 +1,9 @@
 //! Applying attention gates to a map in one read and one write:
 //! - [`apply_gates`]: `y = x * g[n, c] * s[n, h, w]` (either gate may be absent), which is the
 //!   channel gate, the spatial gate, or CBAM's two gates at once;
-//! - [`apply_bam`]: BAM's `y = x * (1 + sigmoid(fuse(c[n, c], s[n, h, w])))`.
+//! - [`apply_bam`]: BAM's `y = x * (1 + sigmoid(fuse(c[n, c], s[n, h, w])))`;
+//!
+//! each followed, in the same pass, by the residual [`Epilogue`] of a ResNet block when given.
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
@@ -17,24 +19,42 @@ pub enum Fusion {
     Product,
 }
 
-/// `out = (x * channel[n, c]) * spatial[n, h, w]`; `channel` holds N * C values, `spatial`
-/// N * H * W; an absent gate counts as 1.
-pub fn apply_gates(exec: Exec, x: &[f32], dims: Dims, channel: Option<&[f32]>, spatial: Option<&[f32]>, out: &mut [f32]) {
-    check(x, dims, channel.into_iter().chain(spatial), out);
+/// What follows an attention block in a ResNet block, applied in the block's output pass:
+/// `out = y + shortcut` (the shortcut laid out like the map), then `max(out, 0)` when `relu`.
+/// Saves the separate add (two reads and a write of the map) and its hand-over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Epilogue<S> {
+    pub shortcut: Option<S>,
+    pub relu: bool,
+}
+
+impl<S> Epilogue<S> {
+    /// The block's own output, nothing added.
+    pub const NONE: Epilogue<S> = Epilogue { shortcut: None, relu: false };
+}
+
+/// The float epilogue: a shortcut map of the same dims as the block's input.
+pub type MapEpilogue<'a> = Epilogue<&'a [f32]>;
+
+/// `out = (x * channel[n, c]) * spatial[n, h, w]`, then the epilogue; `channel` holds N * C
+/// values, `spatial` N * H * W; an absent gate counts as 1.
+pub fn apply_gates(exec: Exec, x: &[f32], dims: Dims, channel: Option<&[f32]>, spatial: Option<&[f32]>, epilogue: MapEpilogue, out: &mut [f32]) {
+    check(x, dims, channel.into_iter().chain(spatial), epilogue, out);
     exec.run(|| {
-        per_image(exec, x, dims, out, |exec, n, x, out| {
+        per_image(exec, x, dims, epilogue, out, |exec, n, x, epilogue, out| {
             let channel = channel.map(|g| &g[n * dims.c..][..dims.c]);
             let spatial = spatial.map(|s| &s[n * dims.pixels()..][..dims.pixels()]);
             let (rows, cols, combine) = match dims.layout {
                 Layout::ChannelsLast => (spatial, channel, Combine::Scale { channel_is_row: false }),
                 Layout::ChannelsFirst => (channel, spatial, Combine::Scale { channel_is_row: true }),
             };
-            image(exec, x, dims, rows, cols, combine, out);
+            image(exec, x, dims, rows, cols, combine, epilogue, out);
         })
     });
 }
 
-/// `out = x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`.
+/// `out = x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`, then the
+/// epilogue.
 pub fn apply_bam(
     exec: Exec,
     x: &[f32],
@@ -42,14 +62,15 @@ pub fn apply_bam(
     channel_logits: &[f32],
     spatial_logits: &[f32],
     fusion: Fusion,
+    epilogue: MapEpilogue,
     out: &mut [f32],
 ) {
-    check(x, dims, [channel_logits, spatial_logits], out);
+    check(x, dims, [channel_logits, spatial_logits], epilogue, out);
     // With sum fusion, exp(-(c + s)) = exp(-c) exp(-s): two small exponentials per image
     // instead of one per element. Exact while |c| and |s| stay inside exp's unclamped range.
     let factor = fusion == Fusion::Sum && channel_logits.iter().chain(spatial_logits).all(|v| v.abs() <= FACTOR_LIMIT);
     exec.run(|| {
-        per_image(exec, x, dims, out, |exec, n, x, out| {
+        per_image(exec, x, dims, epilogue, out, |exec, n, x, epilogue, out| {
             let mut channel = channel_logits[n * dims.c..][..dims.c].to_vec();
             let mut spatial = spatial_logits[n * dims.pixels()..][..dims.pixels()].to_vec();
             let combine = if factor {
@@ -63,28 +84,33 @@ pub fn apply_bam(
                 Layout::ChannelsLast => (spatial, channel),
                 Layout::ChannelsFirst => (channel, spatial),
             };
-            image(exec, x, dims, Some(&rows), Some(&cols), combine, out);
+            image(exec, x, dims, Some(&rows), Some(&cols), combine, epilogue, out);
         })
     });
 }
 
-fn check<'a>(x: &[f32], dims: Dims, gates: impl IntoIterator<Item = &'a [f32]>, out: &[f32]) {
+fn check<'a>(x: &[f32], dims: Dims, gates: impl IntoIterator<Item = &'a [f32]>, epilogue: MapEpilogue, out: &[f32]) {
     assert!(x.len() == dims.len() && out.len() == x.len());
+    assert!(epilogue.shortcut.is_none_or(|s| s.len() == x.len()));
     for g in gates {
         assert!(g.len() == dims.n * dims.c || g.len() == dims.n * dims.pixels());
     }
 }
 
-fn per_image(exec: Exec, x: &[f32], dims: Dims, out: &mut [f32], f: impl Fn(Exec, usize, &[f32], &mut [f32]) + Sync + Send) {
+fn per_image(exec: Exec, x: &[f32], dims: Dims, epilogue: MapEpilogue, out: &mut [f32], f: impl Fn(Exec, usize, &[f32], MapEpilogue, &mut [f32]) + Sync + Send) {
     if dims.is_empty() {
         return;
     }
     let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(out.chunks_exact_mut(dims.image_len())).enumerate().collect();
-    exec.for_each(images, dims.image_len(), |(n, (x, out)), exec| f(exec, n, x, out));
+    exec.for_each(images, dims.image_len(), |(n, (x, out)), exec| {
+        let shortcut = epilogue.shortcut.map(|s| &s[n * dims.image_len()..][..dims.image_len()]);
+        f(exec, n, x, Epilogue { shortcut, ..epilogue }, out)
+    });
 }
 
 /// One image as rows (see [`Dims::rows`]), with one gate value per row and one per column.
-fn image(exec: Exec, x: &[f32], dims: Dims, rows: Option<&[f32]>, cols: Option<&[f32]>, combine: Combine, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn image(exec: Exec, x: &[f32], dims: Dims, rows: Option<&[f32]>, cols: Option<&[f32]>, combine: Combine, epilogue: MapEpilogue, out: &mut [f32]) {
     let (row_count, row_len) = dims.rows();
     if exec.splits(x.len()) && row_count > 1 {
         let rows_per_task = row_count.div_ceil(4 * exec.threads);
@@ -92,10 +118,11 @@ fn image(exec: Exec, x: &[f32], dims: Dims, rows: Option<&[f32]>, cols: Option<&
         let parts: Vec<_> = x.chunks(chunk).zip(out.chunks_mut(chunk)).enumerate().collect();
         exec.map(parts, |(t, (x, out))| {
             let rows = rows.map(|r| &r[t * rows_per_task..][..x.len() / row_len]);
-            exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
+            let shortcut = epilogue.shortcut.map(|s| &s[t * chunk..][..x.len()]);
+            exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine, epilogue: Epilogue { shortcut, ..epilogue } });
         });
     } else {
-        exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine });
+        exec.level.dispatch(GateLeaf { x, out, row_len, rows, cols, combine, epilogue });
     }
 }
 
@@ -120,6 +147,7 @@ struct GateLeaf<'a> {
     rows: Option<&'a [f32]>,
     cols: Option<&'a [f32]>,
     combine: Combine,
+    epilogue: MapEpilogue<'a>,
 }
 
 impl WithSimd for GateLeaf<'_> {
@@ -127,7 +155,7 @@ impl WithSimd for GateLeaf<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Self { x, out, row_len, rows, cols, combine } = self;
+        let Self { x, out, row_len, rows, cols, combine, epilogue } = self;
         let one = simd.splat_f32s(1.0);
         let (col_head, col_tail) = cols.map_or((&[][..], &[][..]), S::as_simd_f32s);
         let col_last = if cols.is_some() { simd.partial_load_f32s(col_tail) } else { one };
@@ -135,13 +163,29 @@ impl WithSimd for GateLeaf<'_> {
             let row = simd.splat_f32s(rows.map_or(1.0, |v| v[r]));
             let (x_head, x_tail) = S::as_simd_f32s(x_row);
             let (out_head, out_tail) = S::as_mut_simd_f32s(out_row);
+            let shortcut_row = epilogue.shortcut.map(|s| S::as_simd_f32s(&s[r * row_len..][..row_len]));
+            let finish = |v: S::f32s, i: Option<usize>| {
+                let v = match shortcut_row {
+                    Some((head, tail)) => simd.add_f32s(v, i.map_or_else(|| simd.partial_load_f32s(tail), |i| head[i])),
+                    None => v,
+                };
+                if epilogue.relu { relu(simd, v) } else { v }
+            };
             for (i, (xv, o)) in x_head.iter().zip(out_head.iter_mut()).enumerate() {
-                *o = gate(simd, combine, *xv, row, col_head.get(i).copied().unwrap_or(one));
+                *o = finish(gate(simd, combine, *xv, row, col_head.get(i).copied().unwrap_or(one)), Some(i));
             }
-            let last = gate(simd, combine, simd.partial_load_f32s(x_tail), row, col_last);
+            let last = finish(gate(simd, combine, simd.partial_load_f32s(x_tail), row, col_last), None);
             simd.partial_store_f32s(out_tail, last);
         }
     }
+}
+
+/// `max(v, 0)` that keeps NaN (as `tf.nn.relu` does), where a plain `max` may return either
+/// operand for NaN.
+#[inline(always)]
+fn relu<S: Simd>(simd: S, v: S::f32s) -> S::f32s {
+    let zero = simd.splat_f32s(0.0);
+    simd.select_f32s(simd.less_than_f32s(v, zero), zero, v)
 }
 
 #[inline(always)]
@@ -206,8 +250,38 @@ mod tests {
                 let want = reference(&x, d, &ch, &sp, f);
                 for exec in execs() {
                     let mut out = vec![0.0; x.len()];
-                    apply_gates(exec, &x, d, channel, spatial, &mut out);
+                    apply_gates(exec, &x, d, channel, spatial, Epilogue::NONE, &mut out);
                     assert_close(&out, &want, 1e-6, 1e-6, &format!("gates {} {d:?}", exec.level.name()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epilogue_adds_the_shortcut_and_applies_relu_on_every_level() {
+        let mut shapes = odd_shapes();
+        // Large enough to be split across threads.
+        shapes.push(Dims { n: 1, h: 40, w: 41, c: 19, layout: Layout::ChannelsLast });
+        for d in shapes {
+            let (x, ch, sp) = (data(d.len(), 11), data(d.n * d.c, 12), data(d.n * d.pixels(), 13));
+            let mut shortcut = data(d.len(), 14);
+            shortcut[d.len() / 2] = f32::NAN; // ReLU keeps NaN, as tf.nn.relu does.
+            for relu in [false, true] {
+                let epilogue = Epilogue { shortcut: Some(&shortcut[..]), relu };
+                let finish = |i: usize, y: f64| {
+                    let v = y + shortcut[i] as f64;
+                    if relu && v < 0.0 { 0.0 } else { v }
+                };
+                let gates: Vec<f64> = reference(&x, d, &ch, &sp, |x, g, s| x * g * s).iter().enumerate().map(|(i, &y)| finish(i, y)).collect();
+                let bam: Vec<f64> =
+                    reference(&x, d, &ch, &sp, |x, g, s| x * (1.0 + 1.0 / (1.0 + (-(g + s)).exp()))).iter().enumerate().map(|(i, &y)| finish(i, y)).collect();
+                for exec in execs() {
+                    let what = format!("relu {relu} {} threads {} {d:?}", exec.level.name(), exec.threads);
+                    let mut out = vec![0.0; x.len()];
+                    apply_gates(exec, &x, d, Some(&ch), Some(&sp), epilogue, &mut out);
+                    assert_close(&out, &gates, 1e-6, 1e-6, &format!("gates {what}"));
+                    apply_bam(exec, &x, d, &ch, &sp, Fusion::Sum, epilogue, &mut out);
+                    assert_close(&out, &bam, 1e-6, 1e-6, &format!("bam {what}"));
                 }
             }
         }
@@ -220,11 +294,11 @@ mod tests {
             let (x, ch, sp) = (data(d.len(), 1), data(d.c, 2), data(d.pixels(), 3));
             let (one, two) = (Exec::new(Level::best(), Some(1)), Exec::new(Level::best(), Some(2)));
             let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-            apply_gates(one, &x, d, Some(&ch), Some(&sp), &mut a);
-            apply_gates(two, &x, d, Some(&ch), Some(&sp), &mut b);
+            apply_gates(one, &x, d, Some(&ch), Some(&sp), Epilogue::NONE, &mut a);
+            apply_gates(two, &x, d, Some(&ch), Some(&sp), Epilogue::NONE, &mut b);
             assert_eq!(a, b);
-            apply_bam(one, &x, d, &ch, &sp, Fusion::Sum, &mut a);
-            apply_bam(two, &x, d, &ch, &sp, Fusion::Sum, &mut b);
+            apply_bam(one, &x, d, &ch, &sp, Fusion::Sum, Epilogue::NONE, &mut a);
+            apply_bam(two, &x, d, &ch, &sp, Fusion::Sum, Epilogue::NONE, &mut b);
             assert_eq!(a, b);
         }
     }
@@ -243,7 +317,7 @@ mod tests {
                 let want = reference(&x, d, &ch, &sp, |x, g, s| x * (1.0 + 1.0 / (1.0 + (-fuse(g, s)).exp())));
                 for exec in execs() {
                     let mut out = vec![0.0; x.len()];
-                    apply_bam(exec, &x, d, &ch, &sp, fusion, &mut out);
+                    apply_bam(exec, &x, d, &ch, &sp, fusion, Epilogue::NONE, &mut out);
                     assert_close(&out, &want, 1e-6, 1e-6, &format!("bam {fusion:?} {} {d:?}", exec.level.name()));
                 }
             }

@@ -146,7 +146,7 @@ fn apply_gates<'py>(
     let channel = channel.as_ref().map(|g| gate(g.shape(), contiguous(g, "channel")?, &[dims.n, dims.c], "channel")).transpose()?;
     let spatial =
         spatial.as_ref().map(|s| gate(s.shape(), contiguous(s, "spatial")?, &[dims.n, dims.h, dims.w], "spatial")).transpose()?;
-    filled(py, x.shape(), |out| apply::apply_gates(exec, data, dims, channel, spatial, out))
+    filled(py, x.shape(), |out| apply::apply_gates(exec, data, dims, channel, spatial, apply::Epilogue::NONE, out))
 }
 
 /// `x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`.
@@ -169,7 +169,7 @@ fn apply_bam<'py>(
     let channel = gate(channel_logits.shape(), contiguous(&channel_logits, "channel_logits")?, &[dims.n, dims.c], "channel_logits")?;
     let spatial =
         gate(spatial_logits.shape(), contiguous(&spatial_logits, "spatial_logits")?, &[dims.n, dims.h, dims.w], "spatial_logits")?;
-    filled(py, x.shape(), |out| apply::apply_bam(exec, data, dims, channel, spatial, fusion, out))
+    filled(py, x.shape(), |out| apply::apply_bam(exec, data, dims, channel, spatial, fusion, apply::Epilogue::NONE, out))
 }
 
 fn gate<'a>(shape: &[usize], data: &'a [f32], want: &[usize], name: &str) -> PyResult<&'a [f32]> {

@@ -8,7 +8,7 @@
 use super::cbam::mean_pool_mlp;
 use super::conv::Conv2d;
 use super::matmul::{Dense, Strided};
-use crate::apply::{apply_bam, Fusion};
+use crate::apply::{apply_bam, Epilogue, Fusion, MapEpilogue};
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 
@@ -48,6 +48,11 @@ impl Bam {
     }
 
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        self.forward_with(exec, x, dims, Epilogue::NONE, out);
+    }
+
+    /// `out` = the block applied to `x`, then `epilogue`.
+    pub fn forward_with(&self, exec: Exec, x: &[f32], dims: Dims, epilogue: MapEpilogue, out: &mut [f32]) {
         assert!(dims.c == self.channels() && x.len() == dims.len() && out.len() == x.len());
         if dims.is_empty() {
             return;
@@ -61,7 +66,7 @@ impl Bam {
             let images: Vec<_> = x.chunks_exact(dims.image_len()).zip(spatial_logits.chunks_exact_mut(pixels)).collect();
             exec.for_each(images, dims.image_len(), |(x, logits), exec| self.spatial_logits(exec, x, dims, logits));
 
-            apply_bam(exec, x, dims, &channel_logits, &spatial_logits, self.fusion, out);
+            apply_bam(exec, x, dims, &channel_logits, &spatial_logits, self.fusion, epilogue, out);
         });
     }
 

@@ -3,7 +3,7 @@
 
 use super::conv::PoolConv;
 use super::matmul::{Dense, Strided};
-use crate::apply::apply_gates;
+use crate::apply::{apply_gates, Epilogue, MapEpilogue};
 use crate::exec::Exec;
 use crate::layout::Dims;
 use crate::pool::{channel_pool, image_spatial_sum_max};
@@ -123,6 +123,11 @@ impl Cbam {
 
     /// `out` = the block applied to `x`.
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        self.forward_with(exec, x, dims, Epilogue::NONE, out);
+    }
+
+    /// `out` = the block applied to `x`, then `epilogue`.
+    pub fn forward_with(&self, exec: Exec, x: &[f32], dims: Dims, epilogue: MapEpilogue, out: &mut [f32]) {
         assert!(dims.c == self.channels && x.len() == dims.len() && out.len() == x.len());
         if dims.is_empty() {
             return;
@@ -147,7 +152,7 @@ impl Cbam {
                 });
                 maps
             });
-            apply_gates(exec, x, dims, gates.as_deref(), spatial.as_deref(), out);
+            apply_gates(exec, x, dims, gates.as_deref(), spatial.as_deref(), epilogue, out);
         });
     }
 }
@@ -173,7 +178,7 @@ mod tests {
         channel_pool(exec, x, dims, &mut mean, &mut max);
         let g = cbam.channel.as_ref().unwrap().gates(exec.level, &mean, &max);
         let mut scaled = vec![0.0; x.len()];
-        apply_gates(exec, x, dims, Some(&g), None, &mut scaled);
+        apply_gates(exec, x, dims, Some(&g), None, Epilogue::NONE, &mut scaled);
         let mut pooled = vec![0.0; dims.n * dims.pixels() * 2];
         spatial_pool(exec, &scaled, dims, &mut pooled);
         let p = dims.pixels();
@@ -188,7 +193,7 @@ mod tests {
         }
         sigmoid_in_place(exec.level, &mut s);
         let mut out = vec![0.0; x.len()];
-        apply_gates(exec, &scaled, dims, None, Some(&s), &mut out);
+        apply_gates(exec, &scaled, dims, None, Some(&s), Epilogue::NONE, &mut out);
         out
     }
 

@@ -22,12 +22,12 @@ mod tests;
 use super::bam::Bam;
 use super::cbam::{pooled_mlp, Cbam};
 use super::squeeze_excite::SqueezeExcite;
-use crate::apply::Fusion;
+use crate::apply::{Epilogue, Fusion};
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use crate::simd::{neg_exp_in_place, sigmoid_in_place};
 use bam_rows::{bam_rows, BamGate};
-use kernels::{channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max};
+use kernels::{channel_pool, dequantize_one, for_each_output_tile, in_range, quantize_one, scale_rows, spatial_sum_max, Tile, TileEpilogue, TileShortcut};
 
 /// The per-tensor quantization of a block's input and output: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,20 +42,6 @@ impl Quantization {
     /// From `[input_scale, input_zero_point, output_scale, output_zero_point]`, checked: scales
     /// finite and positive, zero points integers in -128..=127.
     pub fn from_values(values: [f64; 4]) -> Result<Quantization, String> {
-        let scale = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 && (v as f32).is_finite() && v as f32 > 0.0 {
-                Ok(v as f32)
-            } else {
-                Err(format!("{name} must be a finite number > 0, got {v}"))
-            }
-        };
-        let zero_point = |name: &str, v: f64| {
-            if v.fract() == 0.0 && (-128.0..=127.0).contains(&v) {
-                Ok(v as i32)
-            } else {
-                Err(format!("{name} must be an integer in -128..=127, got {v}"))
-            }
-        };
         Ok(Quantization {
             input_scale: scale("input_scale", values[0])?,
             input_zero_point: zero_point("input_zero_point", values[1])?,
@@ -66,6 +52,24 @@ impl Quantization {
 
     fn input(self) -> (f32, i32) {
         (self.input_scale, self.input_zero_point)
+    }
+}
+
+/// A quantization scale, checked: finite and positive as a float32.
+pub fn scale(name: &str, v: f64) -> Result<f32, String> {
+    if v.is_finite() && v > 0.0 && (v as f32).is_finite() && v as f32 > 0.0 {
+        Ok(v as f32)
+    } else {
+        Err(format!("{name} must be a finite number > 0, got {v}"))
+    }
+}
+
+/// A zero point, checked: an integer in -128..=127.
+pub fn zero_point(name: &str, v: f64) -> Result<i32, String> {
+    if v.fract() == 0.0 && (-128.0..=127.0).contains(&v) {
+        Ok(v as i32)
+    } else {
+        Err(format!("{name} must be an integer in -128..=127, got {v}"))
     }
 }
 
@@ -81,9 +85,37 @@ pub fn forward_reference(q: Quantization, x: &[i8], out: &mut [i8], forward: imp
     }
 }
 
-fn check(x: &[i8], dims: Dims, channels: usize, out: &[i8]) {
+/// The shortcut of the int8 epilogue: an int8 map laid out like the block's input, with its
+/// own quantization (`real = scale * (q - zero_point)`). The epilogue's output is quantized with
+/// the block's output quantization.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizedShortcut<'a> {
+    pub map: &'a [i8],
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+pub type QuantizedEpilogue<'a> = Epilogue<QuantizedShortcut<'a>>;
+
+fn check(x: &[i8], dims: Dims, channels: usize, epilogue: QuantizedEpilogue, out: &[i8]) {
     assert!(dims.layout == Layout::ChannelsLast, "int8 blocks take NHWC maps");
     assert!(dims.c == channels && x.len() == dims.len() && out.len() == x.len());
+    assert!(epilogue.shortcut.is_none_or(|s| s.map.len() == x.len()));
+}
+
+/// The part of `epilogue` for one output tile, its shortcut rescaled to the output's units.
+fn tile_epilogue<'a>(epilogue: QuantizedEpilogue<'a>, q: Quantization, dims: Dims, tile: Tile) -> TileEpilogue<'a> {
+    let shortcut = epilogue.shortcut.map(|s| TileShortcut {
+        rows: &s.map[(tile.n * dims.pixels() + tile.first) * dims.c..][..tile.rows * dims.c],
+        zero_point: s.zero_point,
+        factor: (s.scale as f64 / q.output_scale as f64) as f32,
+    });
+    Epilogue { shortcut, relu: epilogue.relu }
+}
+
+/// Whether the shortcut term of `epilogue` keeps the output pass in range (see [`in_range`]).
+fn shortcut_in_range(epilogue: QuantizedEpilogue, q: Quantization) -> bool {
+    epilogue.shortcut.is_none_or(|s| in_range(&[s.scale / q.output_scale], &[1.0]))
 }
 
 /// The per-channel factors of the output pass, `input_scale * gate[n, c] / output_scale` (the
@@ -99,7 +131,12 @@ fn output_factors(q: Quantization, gates: Option<&[f32]>, len: usize) -> Vec<f32
 impl Cbam {
     /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation).
     pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
-        check(x, dims, self.channels(), out);
+        self.forward_int8_with(exec, x, dims, q, Epilogue::NONE, out);
+    }
+
+    /// The same, then `epilogue` (in the same output pass).
+    pub fn forward_int8_with(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, epilogue: QuantizedEpilogue, out: &mut [i8]) {
+        check(x, dims, self.channels(), epilogue, out);
         if dims.is_empty() {
             return;
         }
@@ -126,11 +163,11 @@ impl Cbam {
                 maps
             });
             let factors = output_factors(q, gates.as_deref(), dims.n * dims.c);
-            let in_range = in_range(&factors, spatial.as_deref().unwrap_or(&[1.0]));
+            let in_range = in_range(&factors, spatial.as_deref().unwrap_or(&[1.0])) && shortcut_in_range(epilogue, q);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
                 let rows = spatial.as_ref().map(|s| &s[tile.n * dims.pixels() + tile.first..][..tile.rows]);
-                scale_rows(exec.level, x, zero_point, factor, rows, in_range, q.output_zero_point, out);
+                scale_rows(exec.level, x, zero_point, factor, rows, in_range, q.output_zero_point, tile_epilogue(epilogue, q, dims, tile), out);
             });
         });
     }
@@ -139,7 +176,12 @@ impl Cbam {
 impl SqueezeExcite {
     /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation).
     pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
-        check(x, dims, self.channels(), out);
+        self.forward_int8_with(exec, x, dims, q, Epilogue::NONE, out);
+    }
+
+    /// The same, then `epilogue` (in the same output pass).
+    pub fn forward_int8_with(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, epilogue: QuantizedEpilogue, out: &mut [i8]) {
+        check(x, dims, self.channels(), epilogue, out);
         if dims.is_empty() {
             return;
         }
@@ -148,10 +190,10 @@ impl SqueezeExcite {
             let mut gates = pooled_mlp(exec.level, &mean, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
             let factors = output_factors(q, Some(&gates), gates.len());
-            let in_range = in_range(&factors, &[1.0]);
+            let in_range = in_range(&factors, &[1.0]) && shortcut_in_range(epilogue, q);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, _| {
                 let factor = &factors[tile.n * dims.c..][..dims.c];
-                scale_rows(exec.level, x, q.input_zero_point, factor, None, in_range, q.output_zero_point, out);
+                scale_rows(exec.level, x, q.input_zero_point, factor, None, in_range, q.output_zero_point, tile_epilogue(epilogue, q, dims, tile), out);
             });
         });
     }
@@ -165,7 +207,12 @@ impl Bam {
     /// `out` = the block applied to the int8 NHWC map `x` (see the module documentation). The
     /// spatial branch's convolutions read a dequantized copy of one image at a time.
     pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
-        check(x, dims, self.channels(), out);
+        self.forward_int8_with(exec, x, dims, q, Epilogue::NONE, out);
+    }
+
+    /// The same, then `epilogue` (in the same output pass).
+    pub fn forward_int8_with(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, epilogue: QuantizedEpilogue, out: &mut [i8]) {
+        check(x, dims, self.channels(), epilogue, out);
         if dims.is_empty() {
             return;
         }
@@ -191,12 +238,12 @@ impl Bam {
             }
             let output_scale = scale / q.output_scale;
             let finite = channel_logits.iter().chain(&spatial_logits).all(|v| v.is_finite());
-            let in_range = finite && in_range(&[2.0 * output_scale], &[1.0]);
+            let in_range = finite && in_range(&[2.0 * output_scale], &[1.0]) && shortcut_in_range(epilogue, q);
             for_each_output_tile(exec, x, dims, out, |tile, x, out, scratch| {
                 let channel = &channel_logits[tile.n * dims.c..][..dims.c];
                 let spatial = &spatial_logits[tile.n * pixels + tile.first..][..tile.rows];
                 let gate = if factors { BamGate::Factors { channel, spatial } } else { BamGate::Logits { channel, spatial, fusion: self.fusion } };
-                bam_rows(exec.level, x, zero_point, output_scale, gate, in_range, q.output_zero_point, out, scratch);
+                bam_rows(exec.level, x, zero_point, output_scale, gate, in_range, q.output_zero_point, tile_epilogue(epilogue, q, dims, tile), out, scratch);
             });
         });
     }

@@ -3,7 +3,7 @@
 
 use super::cbam::mean_pool_mlp;
 use super::matmul::Dense;
-use crate::apply::apply_gates;
+use crate::apply::{apply_gates, Epilogue, MapEpilogue};
 use crate::exec::Exec;
 use crate::layout::Dims;
 use crate::simd::sigmoid_in_place;
@@ -34,6 +34,11 @@ impl SqueezeExcite {
     }
 
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        self.forward_with(exec, x, dims, Epilogue::NONE, out);
+    }
+
+    /// `out` = the block applied to `x`, then `epilogue`.
+    pub fn forward_with(&self, exec: Exec, x: &[f32], dims: Dims, epilogue: MapEpilogue, out: &mut [f32]) {
         assert!(dims.c == self.channels() && x.len() == dims.len() && out.len() == x.len());
         if dims.is_empty() {
             return;
@@ -41,7 +46,7 @@ impl SqueezeExcite {
         exec.run(|| {
             let mut gates = mean_pool_mlp(exec, x, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
-            apply_gates(exec, x, dims, Some(&gates), None, out);
+            apply_gates(exec, x, dims, Some(&gates), None, epilogue, out);
         });
     }
 }

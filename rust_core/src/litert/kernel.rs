@@ -164,17 +164,21 @@ unsafe extern "C" fn get_output_layouts(
     if config.shape() != Some(vec![keys]) {
         kernels.record(format!("{name}: the last input must be the config vector of {keys} values, got shape {:?}", config.shape()));
     }
-    // Valid configs take one of these input counts; the exact one is checked in Run. The int8
-    // variant takes one more, the quantization vector of shape [4] before the config: the
-    // layouts carry no element types, so that shape is what names the variant in the message
-    // (a float op whose input there also has shape [4] keeps its own counts).
-    let float_counts: Vec<usize> = match state.op {
+    // Valid configs take one of these input counts, one more with a shortcut; the exact one is
+    // checked in Run. The int8 variant takes one more, the quantization vector of shape [4] (or
+    // [6] with a shortcut) before the config: the layouts carry no element types, so that shape
+    // is what names the variant in the message (a float op whose input there also has that
+    // shape keeps its own counts).
+    let plain_counts: Vec<usize> = match state.op {
         OpKind::Cbam => vec![4, 6, 8],
         OpKind::SqueezeExcite => vec![6],
         OpKind::Bam => (6..=num_inputs.max(6)).step_by(2).collect(),
     };
+    let mut float_counts: Vec<usize> = plain_counts.iter().flat_map(|&n| [n, n + 1]).collect();
+    float_counts.sort_unstable();
+    float_counts.dedup();
     let int8_counts: Vec<usize> = float_counts.iter().map(|n| n + 1).collect();
-    let looks_int8 = num_inputs >= 3 && inputs[num_inputs - 2].shape() == Some(vec![4]);
+    let looks_int8 = num_inputs >= 3 && matches!(inputs[num_inputs - 2].shape().as_deref(), Some([4] | [6]));
     let valid = float_counts.contains(&num_inputs) || (looks_int8 && int8_counts.contains(&num_inputs));
     if !valid {
         let (variant, possible) = if looks_int8 { (" (int8)", int8_counts) } else { ("", float_counts) };

@@ -1,34 +1,43 @@
 //! The fused custom ops, independent of LiteRT: their attributes, their inputs, and running
 //! them on slices with the blocks of [`crate::blocks`].
 //!
-//! Every op takes the feature map (NHWC float32) first, then its folded weights, then one int32
-//! "config" vector holding the op's attributes in the order of [`OpKind::keys`]. The attributes
+//! Every op takes the feature map (NHWC float32) first, then, when its `residual` attribute is
+//! 1, the shortcut (a map of the same shape and type), then its folded weights, then one int32
+//! "config" vector holding the op's attributes in the order of [`OpKind::keys`]. Its output is
+//! `block(x) + shortcut` (when residual), then `max(., 0)` (when `relu`): a ResNet block's
+//! ADD and RELU after the attention fused into the attention's output pass. The attributes
 //! also travel as a flexbuffer map in the op's custom options, which LiteRT hands to `Init`
 //! only: `Run` gets no per-node state (one `user_data` serves every node of an op name), so it
 //! reads the same attributes from the config tensor.
 //!
-//! The int8 variant of an op (its map is INT8; see `/work/notes/int8_contract.md`) takes one
-//! more input before the config: the float32 "quantization" vector `[input_scale,
-//! input_zero_point, output_scale, output_zero_point]`, and writes an INT8 map. Its custom
-//! options may carry the same four values under [`QUANTIZATION_KEYS`] (all four or none).
+//! The int8 variant of an op (its map and shortcut are INT8) takes one more input before the
+//! config: the float32 "quantization" vector `[input_scale, input_zero_point, output_scale,
+//! output_zero_point]`, followed by `[residual_scale, residual_zero_point]` (the shortcut's) when
+//! residual, and writes an INT8 map quantized as the output after the ReLU. Its custom options
+//! may carry the same values under [`QUANTIZATION_KEYS`] (all four or none) and
+//! [`RESIDUAL_QUANTIZATION_KEYS`] (both or none).
 
-use crate::apply::Fusion;
+use crate::apply::{Epilogue, Fusion, MapEpilogue};
 use crate::blocks::bam::Bam;
 use crate::blocks::cbam::{Cbam, ChannelGate};
 use crate::blocks::conv::{Conv2d, PoolConv};
 use crate::blocks::matmul::Dense;
-use crate::blocks::quantized::Quantization;
+use crate::blocks::quantized::{self, QuantizedEpilogue, QuantizedShortcut, Quantization};
 use crate::blocks::squeeze_excite::SqueezeExcite;
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// The attribute layout version this crate reads and the exporter writes.
-pub const VERSION: i64 = 1;
+/// The attribute layout version this crate reads and the exporter writes (2: the residual
+/// epilogue's `residual` and `relu`).
+pub const VERSION: i64 = 2;
 
 /// The optional custom-option keys of an int8 op, in the order of its quantization vector.
 pub const QUANTIZATION_KEYS: [&str; 4] = ["input_scale", "input_zero_point", "output_scale", "output_zero_point"];
+
+/// The shortcut's quantization keys of a residual int8 op, after [`QUANTIZATION_KEYS`].
+pub const RESIDUAL_QUANTIZATION_KEYS: [&str; 2] = ["residual_scale", "residual_zero_point"];
 
 /// One of the fused ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,9 +63,9 @@ impl OpKind {
     /// The attribute names, in the order of the config tensor.
     pub fn keys(self) -> &'static [&'static str] {
         match self {
-            OpKind::Cbam => &["version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size"],
-            OpKind::SqueezeExcite => &["version"],
-            OpKind::Bam => &["version", "dense_layers", "conv_layers", "dilation", "fusion_product"],
+            OpKind::Cbam => &["version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size", "residual", "relu"],
+            OpKind::SqueezeExcite => &["version", "residual", "relu"],
+            OpKind::Bam => &["version", "dense_layers", "conv_layers", "dilation", "fusion_product", "residual", "relu"],
         }
     }
 
@@ -68,7 +77,10 @@ impl OpKind {
             return Err(format!("{name}: expected {} attributes {:?}, got {}", self.keys().len(), self.keys(), values.len()));
         }
         if values[0] != VERSION {
-            return Err(format!("{name}: attribute version {} is not supported (this build reads version {VERSION})", values[0]));
+            return Err(format!(
+                "{name}: attribute version {} is not supported (this build reads version {VERSION}; export the model again with this version of keras-attn)",
+                values[0]
+            ));
         }
         let flag = |i: usize| match values[i] {
             0 | 1 => Ok(values[i] == 1),
@@ -78,8 +90,10 @@ impl OpKind {
             v if (lo..=hi).contains(&v) => Ok(v as usize),
             v => Err(format!("{name}: attribute {} must be in {lo}..={hi}, got {v}", self.keys()[i])),
         };
-        // The map, the weights, the config.
-        match self {
+        let residual = flag(values.len() - 2)?;
+        flag(values.len() - 1)?;
+        // The map, the shortcut, the weights, the config.
+        let count = match self {
             OpKind::Cbam => {
                 let (channel, spatial) = (flag(1)?, flag(2)?);
                 let (avg, max) = (flag(3)?, flag(4)?);
@@ -93,17 +107,23 @@ impl OpKind {
                 if spatial && size.is_multiple_of(2) {
                     return Err(format!("{name}: kernel_size must be odd, got {size}"));
                 }
-                Ok(2 + 4 * channel as usize + 2 * spatial as usize)
+                2 + 4 * channel as usize + 2 * spatial as usize
             }
-            OpKind::SqueezeExcite => Ok(6),
+            OpKind::SqueezeExcite => 6,
             OpKind::Bam => {
                 let dense = range(1, 1, 64)?;
                 let convs = range(2, 2, 64)?;
                 range(3, 1, 1 << 16)?;
                 flag(4)?;
-                Ok(2 + 2 * dense + 2 * convs)
+                2 + 2 * dense + 2 * convs
             }
-        }
+        };
+        Ok(count + residual as usize)
+    }
+
+    /// The epilogue flags `(residual, relu)` of checked attribute values.
+    pub fn epilogue(values: &[i64]) -> (bool, bool) {
+        (values[values.len() - 2] == 1, values[values.len() - 1] == 1)
     }
 
     /// The attributes from the op's flexbuffer custom options (a map of integers).
@@ -126,7 +146,8 @@ impl OpKind {
     }
 
     /// The int8 variant's quantization from the custom options (the flexbuffer map of
-    /// [`OpKind::attributes`]), None when they hold none of [`QUANTIZATION_KEYS`].
+    /// [`OpKind::attributes`]), None when they hold none of [`QUANTIZATION_KEYS`]; the
+    /// shortcut's [`RESIDUAL_QUANTIZATION_KEYS`] are checked too (both or none).
     pub fn quantization_attributes(self, options: &[u8]) -> Result<Option<Quantization>, String> {
         use flexbuffers::FlexBufferType as T;
         let name = self.name();
@@ -135,6 +156,7 @@ impl OpKind {
         let map = root.get_map().map_err(|e| bad(format!("not a map: {e}")))?;
         let values: Vec<Option<f64>> = QUANTIZATION_KEYS
             .iter()
+            .chain(&RESIDUAL_QUANTIZATION_KEYS)
             .map(|key| match map.index(*key) {
                 Err(_) => Ok(None),
                 Ok(v) => match v.flexbuffer_type() {
@@ -143,15 +165,24 @@ impl OpKind {
                 },
             })
             .collect::<Result<_, _>>()?;
+        let (values, residual) = values.split_at(QUANTIZATION_KEYS.len());
+        match residual {
+            [None, None] => {}
+            [Some(scale), Some(zero_point)] => {
+                quantized::scale(RESIDUAL_QUANTIZATION_KEYS[0], *scale).map_err(bad)?;
+                quantized::zero_point(RESIDUAL_QUANTIZATION_KEYS[1], *zero_point).map_err(bad)?;
+            }
+            _ => return Err(bad(format!("expected both of {RESIDUAL_QUANTIZATION_KEYS:?} or neither"))),
+        }
         match values.iter().filter(|v| v.is_some()).count() {
             0 => Ok(None),
             4 => {
-                let values: Vec<f64> = values.into_iter().flatten().collect();
+                let values: Vec<f64> = values.iter().flatten().copied().collect();
                 let q = Quantization::from_values([values[0], values[1], values[2], values[3]]);
                 q.map(Some).map_err(bad)
             }
             _ => {
-                let missing: Vec<&str> = QUANTIZATION_KEYS.iter().zip(&values).filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+                let missing: Vec<&str> = QUANTIZATION_KEYS.iter().zip(values).filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
                 Err(bad(format!("expected all of {QUANTIZATION_KEYS:?} or none, missing {missing:?}")))
             }
         }
@@ -196,18 +227,26 @@ pub enum Block {
 
 impl Block {
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
+        self.forward_with(exec, x, dims, Epilogue::NONE, out);
+    }
+
+    pub fn forward_with(&self, exec: Exec, x: &[f32], dims: Dims, epilogue: MapEpilogue, out: &mut [f32]) {
         match self {
-            Block::Cbam(b) => b.forward(exec, x, dims, out),
-            Block::SqueezeExcite(b) => b.forward(exec, x, dims, out),
-            Block::Bam(b) => b.forward(exec, x, dims, out),
+            Block::Cbam(b) => b.forward_with(exec, x, dims, epilogue, out),
+            Block::SqueezeExcite(b) => b.forward_with(exec, x, dims, epilogue, out),
+            Block::Bam(b) => b.forward_with(exec, x, dims, epilogue, out),
         }
     }
 
     pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
+        self.forward_int8_with(exec, x, dims, q, Epilogue::NONE, out);
+    }
+
+    pub fn forward_int8_with(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, epilogue: QuantizedEpilogue, out: &mut [i8]) {
         match self {
-            Block::Cbam(b) => b.forward_int8(exec, x, dims, q, out),
-            Block::SqueezeExcite(b) => b.forward_int8(exec, x, dims, q, out),
-            Block::Bam(b) => b.forward_int8(exec, x, dims, q, out),
+            Block::Cbam(b) => b.forward_int8_with(exec, x, dims, q, epilogue, out),
+            Block::SqueezeExcite(b) => b.forward_int8_with(exec, x, dims, q, epilogue, out),
+            Block::Bam(b) => b.forward_int8_with(exec, x, dims, q, epilogue, out),
         }
     }
 
@@ -215,27 +254,27 @@ impl Block {
     fn run(&self, op: OpKind, exec: Exec, dims: Dims, map: Map, out: Output) -> Result<(), String> {
         let exec = exec_for(exec, dims.len());
         match (map, out) {
-            (Map::F32(x), Output::F32(out)) => self.forward(exec, x, dims, out),
-            (Map::I8(x, q), Output::I8(out)) => self.forward_int8(exec, x, dims, q, out),
-            (Map::F32(_), Output::I8(_)) => return Err(format!("{}: a float32 map needs a float32 output, got int8", op.name())),
+            (Map::F32(x, epilogue), Output::F32(out)) => self.forward_with(exec, x, dims, epilogue, out),
+            (Map::I8(x, q, epilogue), Output::I8(out)) => self.forward_int8_with(exec, x, dims, q, epilogue, out),
+            (Map::F32(..), Output::I8(_)) => return Err(format!("{}: a float32 map needs a float32 output, got int8", op.name())),
             (Map::I8(..), Output::F32(_)) => return Err(format!("{}: an int8 map needs an int8 output, got float32", op.name())),
         }
         Ok(())
     }
 }
 
-/// An op's feature map: float32, or int8 with its quantization.
+/// An op's feature map with its epilogue: float32, or int8 with its quantization.
 #[derive(Clone, Copy, Debug)]
 enum Map<'a> {
-    F32(&'a [f32]),
-    I8(&'a [i8], Quantization),
+    F32(&'a [f32], MapEpilogue<'a>),
+    I8(&'a [i8], Quantization, QuantizedEpilogue<'a>),
 }
 
 impl Map<'_> {
     fn len(&self) -> usize {
         match self {
-            Map::F32(x) => x.len(),
-            Map::I8(x, _) => x.len(),
+            Map::F32(x, _) => x.len(),
+            Map::I8(x, ..) => x.len(),
         }
     }
 }
@@ -306,21 +345,34 @@ fn is_int8(inputs: &[Tensor]) -> bool {
     matches!(inputs.first().map(|t| t.data), Some(TensorData::I8(_)))
 }
 
-/// The checked quantization vector of an int8 op (the input before the config).
-fn quantization(op: OpKind, inputs: &[Tensor]) -> Result<Quantization, String> {
+/// The checked quantization vector of an int8 op (the input before the config): the map's and
+/// the output's, and the shortcut's `(scale, zero_point)` when `residual`.
+fn quantization(op: OpKind, inputs: &[Tensor], residual: bool) -> Result<(Quantization, Option<(f32, i32)>), String> {
     let name = op.name();
     let tensor = &inputs[inputs.len() - 2];
-    match tensor.data {
-        TensorData::F32(&[a, b, c, d]) if tensor.shape == [4] => {
-            Quantization::from_values([a, b, c, d].map(f64::from)).map_err(|e| format!("{name}: quantization input: {e}"))
+    let bad = |e: String| format!("{name}: quantization input: {e}");
+    match (tensor.data, residual) {
+        (TensorData::F32(&[a, b, c, d]), false) if tensor.shape == [4] => Ok((Quantization::from_values([a, b, c, d].map(f64::from)).map_err(bad)?, None)),
+        (TensorData::F32(&[a, b, c, d, e, f]), true) if tensor.shape == [6] => {
+            let q = Quantization::from_values([a, b, c, d].map(f64::from)).map_err(bad)?;
+            let scale = quantized::scale(RESIDUAL_QUANTIZATION_KEYS[0], e.into()).map_err(bad)?;
+            Ok((q, Some((scale, quantized::zero_point(RESIDUAL_QUANTIZATION_KEYS[1], f.into()).map_err(bad)?))))
         }
-        _ => Err(format!("{name}: the input before the config must be the float32 quantization vector {QUANTIZATION_KEYS:?}, got shape {:?}", tensor.shape)),
+        (_, false) => Err(format!("{name}: the input before the config must be the float32 quantization vector {QUANTIZATION_KEYS:?}, got shape {:?}", tensor.shape)),
+        (_, true) => Err(format!(
+            "{name}: the input before the config must be the float32 quantization vector {:?}, got shape {:?}",
+            [&QUANTIZATION_KEYS[..], &RESIDUAL_QUANTIZATION_KEYS[..]].concat(),
+            tensor.shape
+        )),
     }
 }
 
-/// The output zero point of an int8 op, if its quantization vector is readable and valid.
+/// The output zero point of an int8 op, if its config and quantization vector are readable and
+/// valid.
 pub fn output_zero_point(op: OpKind, inputs: &[Tensor]) -> Option<i8> {
-    (is_int8(inputs) && inputs.len() >= 3).then(|| quantization(op, inputs).ok()).flatten().map(|q| q.output_zero_point as i8)
+    let config = config(op, inputs).ok()?;
+    let (residual, _) = OpKind::epilogue(&config);
+    is_int8(inputs).then(|| quantization(op, inputs, residual).ok()).flatten().map(|(q, _)| q.output_zero_point as i8)
 }
 
 /// The config tensor's values (the last input), checked.
@@ -412,21 +464,41 @@ pub fn build(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Resul
     }
 }
 
-/// The weight inputs of a checked op: between the map and the config, or for the int8 variant
-/// the quantization vector.
-pub fn weights<'i, 'a>(inputs: &'i [Tensor<'a>]) -> &'i [Tensor<'a>] {
-    &inputs[1..inputs.len() - 1 - is_int8(inputs) as usize]
+/// The weight inputs of a checked op with checked `config`: between the map (and shortcut) and
+/// the config, or for the int8 variant the quantization vector.
+pub fn weights<'i, 'a>(inputs: &'i [Tensor<'a>], config: &[i64]) -> &'i [Tensor<'a>] {
+    let (residual, _) = OpKind::epilogue(config);
+    &inputs[1 + residual as usize..inputs.len() - 1 - is_int8(inputs) as usize]
 }
 
-/// The checked config, the map's dims and the map of `op`'s inputs, for an output of `out_len`
-/// values.
+/// The checked config, the map's dims and the map of `op`'s inputs with its epilogue, for an
+/// output of `out_len` values.
 fn prepare<'a>(op: OpKind, inputs: &[Tensor<'a>], out_len: usize) -> Result<(Vec<i64>, Dims, Map<'a>), String> {
+    let name = op.name();
     let config = config(op, inputs)?;
     let dims = map_dims(op, &inputs[0])?;
+    let (residual, relu) = OpKind::epilogue(&config);
+    let shortcut = residual.then_some(&inputs[1]);
+    if let Some(s) = shortcut.filter(|s| s.shape != inputs[0].shape) {
+        return Err(format!("{name}: the shortcut must have the feature map's shape {:?}, got {:?}", inputs[0].shape, s.shape));
+    }
     let map = match inputs[0].data {
-        TensorData::I8(x) if x.len() == dims.len() => Map::I8(x, quantization(op, inputs)?),
-        TensorData::I8(_) => return Err(format!("{}: feature map: buffer size does not match shape {:?}", op.name(), inputs[0].shape)),
-        _ => Map::F32(inputs[0].f32("feature map")?),
+        TensorData::I8(x) if x.len() == dims.len() => {
+            let (q, shortcut_quantization) = quantization(op, inputs, residual)?;
+            let shortcut = match (shortcut, shortcut_quantization) {
+                (Some(s), Some((scale, zero_point))) => match s.data {
+                    TensorData::I8(map) if map.len() == x.len() => Some(QuantizedShortcut { map, scale, zero_point }),
+                    _ => return Err(format!("{name}: the shortcut of an int8 map must be an int8 map of shape {:?}", inputs[0].shape)),
+                },
+                _ => None,
+            };
+            Map::I8(x, q, Epilogue { shortcut, relu })
+        }
+        TensorData::I8(_) => return Err(format!("{name}: feature map: buffer size does not match shape {:?}", inputs[0].shape)),
+        _ => {
+            let shortcut = shortcut.map(|s| s.f32("shortcut")).transpose()?;
+            Map::F32(inputs[0].f32("feature map")?, Epilogue { shortcut, relu })
+        }
     };
     if out_len != map.len() {
         return Err(format!("{}: the output holds {out_len} values, the input {}", op.name(), map.len()));
@@ -449,7 +521,7 @@ fn exec_for(exec: Exec, elems: usize) -> Exec {
 pub fn run<'o>(op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
     let out = out.into();
     let (config, dims, map) = prepare(op, inputs, out.len())?;
-    build(op, weights(inputs), &config, dims.c)?.run(op, exec, dims, map, out)
+    build(op, weights(inputs, &config), &config, dims.c)?.run(op, exec, dims, map, out)
 }
 
 /// What a cached block was built from: the op, its config, the map's channels and, for every
@@ -493,14 +565,14 @@ impl BlockCache {
     pub fn run<'o>(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
         let out = out.into();
         let (config, dims, map) = prepare(op, inputs, out.len())?;
-        let Some(key) = BlockKey::new(op, &config, dims.c, weights(inputs)) else {
+        let Some(key) = BlockKey::new(op, &config, dims.c, weights(inputs, &config)) else {
             return run(op, exec, inputs, out);
         };
         let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let block = match cached {
             Some(block) => block,
             None => {
-                let block = Arc::new(build(op, weights(inputs), &config, dims.c)?);
+                let block = Arc::new(build(op, weights(inputs, &config), &config, dims.c)?);
                 self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
             }
         };
@@ -542,18 +614,23 @@ mod tests {
 
     #[test]
     fn attributes_are_read_and_checked() {
-        let good = [("version", 1), ("channel_gate", 1), ("spatial_gate", 1), ("pool_avg", 1), ("pool_max", 0), ("kernel_size", 7)];
-        assert_eq!(OpKind::Cbam.attributes(&flex(&good)).unwrap(), vec![1, 1, 1, 1, 0, 7]);
-        assert_eq!(OpKind::Cbam.validate(&[1, 1, 1, 1, 0, 7]).unwrap(), 8);
+        let good = [("version", 2), ("channel_gate", 1), ("spatial_gate", 1), ("pool_avg", 1), ("pool_max", 0), ("kernel_size", 7), ("residual", 0), ("relu", 1)];
+        assert_eq!(OpKind::Cbam.attributes(&flex(&good)).unwrap(), vec![2, 1, 1, 1, 0, 7, 0, 1]);
+        assert_eq!(OpKind::Cbam.validate(&[2, 1, 1, 1, 0, 7, 0, 1]).unwrap(), 8);
+        // The shortcut is one more input.
+        assert_eq!(OpKind::Cbam.validate(&[2, 1, 1, 1, 0, 7, 1, 1]).unwrap(), 9);
+        assert!(OpKind::Cbam.validate(&[2, 1, 1, 1, 0, 7, 2, 1]).unwrap_err().contains("residual must be 0 or 1"));
         assert!(OpKind::Cbam.attributes(&flex(&good[1..])).unwrap_err().contains("missing \"version\""));
-        let mut future = good;
-        future[0].1 = 2;
-        assert!(OpKind::Cbam.attributes(&flex(&future)).unwrap_err().contains("version 2 is not supported"));
+        assert!(OpKind::Cbam.attributes(&flex(&good[..7])).unwrap_err().contains("missing \"relu\""));
+        let mut old = good;
+        old[0].1 = 1;
+        let err = OpKind::Cbam.attributes(&flex(&old)).unwrap_err();
+        assert!(err.contains("version 1 is not supported") && err.contains("export the model again"), "{err}");
         let mut even = good;
         even[5].1 = 4;
         assert!(OpKind::Cbam.attributes(&flex(&even)).unwrap_err().contains("must be odd"));
         assert!(OpKind::Cbam.attributes(b"\x01\x02").unwrap_err().contains("malformed attributes"));
-        assert!(OpKind::Bam.attributes(&flex(&[("version", 1)])).unwrap_err().contains("missing \"dense_layers\""));
+        assert!(OpKind::Bam.attributes(&flex(&[("version", 2)])).unwrap_err().contains("missing \"dense_layers\""));
     }
 
     #[test]
@@ -561,8 +638,8 @@ mod tests {
         let (n, h, w, c, r) = (2, 3, 5, 6, 2);
         let x = data(n * h * w * c, 1);
         let (rk, rb, ek, eb) = (data(c * r, 2), data(r, 3), data(r * c, 4), data(c, 5));
-        let config = [1];
-        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
+        let config = [2, 0, 0];
+        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[3]];
         let f = |i: usize, d: &'static [f32]| Tensor { shape: shapes[i], data: TensorData::F32(d) };
         let leak = |v: Vec<f32>| -> &'static [f32] { Box::leak(v.into_boxed_slice()) };
         let inputs = [
@@ -591,11 +668,37 @@ mod tests {
     }
 
     #[test]
+    fn residual_float_op_adds_the_shortcut_then_applies_relu() {
+        let (n, h, w, c, r) = (1, 4, 5, 6, 2);
+        let dims = Dims { n, h, w, c, layout: Layout::ChannelsLast };
+        let (x, shortcut) = (data(dims.len(), 1), data(dims.len(), 9));
+        let weights = [data(c * r, 2), data(r, 3), data(r * c, 4), data(c, 5)];
+        let shapes: [&[usize]; 4] = [&[c, r], &[r], &[r, c], &[c]];
+        let block = SqueezeExcite::new(Dense::new(&weights[0], &weights[1], c, true).unwrap(), Dense::new(&weights[2], &weights[3], r, false).unwrap()).unwrap();
+        let mut plain = vec![0.0; x.len()];
+        block.forward(Exec::single(), &x, dims, &mut plain);
+        let map_shape = [n, h, w, c];
+        for relu in [0, 1] {
+            let config = [2, 1, relu];
+            let mut inputs = vec![Tensor { shape: &map_shape, data: TensorData::F32(&x) }, Tensor { shape: &map_shape, data: TensorData::F32(&shortcut) }];
+            inputs.extend(weights.iter().zip(shapes).map(|(d, shape)| Tensor { shape, data: TensorData::F32(d) }));
+            inputs.push(Tensor { shape: &[3], data: TensorData::I32(&config) });
+            let mut out = vec![0.0; x.len()];
+            run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap();
+            let want: Vec<f32> = plain.iter().zip(&shortcut).map(|(y, s)| if relu == 1 { (y + s).max(0.0) } else { y + s }).collect();
+            assert_eq!(out, want, "relu {relu}");
+            // Without its shortcut the op is one input short.
+            inputs.remove(1);
+            assert!(run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap_err().contains("expected 7 inputs"));
+        }
+    }
+
+    #[test]
     fn block_cache_keeps_one_block_per_node_and_matches_building_each_run() {
         let (n, h, w, c, r) = (1, 4, 3, 8, 2);
         let x = data(n * h * w * c, 1);
-        let config = [1];
-        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[1]];
+        let config = [2, 0, 0];
+        let shapes: [&[usize]; 6] = [&[n, h, w, c], &[c, r], &[r], &[r, c], &[c], &[3]];
         // Two nodes of the same op with the same shapes and different weights.
         let weights: Vec<Vec<Vec<f32>>> = (0..2)
             .map(|node| (0..4).map(|i| data(shapes[i + 1].iter().product(), 10 * node + i as u64 + 2)).collect())

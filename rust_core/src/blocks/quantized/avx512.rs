@@ -7,7 +7,8 @@
 //! permutation into a single 64-byte store. Same arithmetic, same rounding (to nearest, ties
 //! to even), same clamping as [`scale_row`], so the results are identical.
 
-use super::kernels::scale_row;
+use super::kernels::{scale_row, TileEpilogue, TileShortcut};
+use crate::apply::Epilogue;
 use core::arch::x86_64::*;
 
 /// Whether this CPU has the instructions [`scale_rows`] uses: pulp's AVX-512 level (F, BW, CD,
@@ -20,17 +21,20 @@ pub(super) fn available() -> bool {
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW (see [`available`]).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, out: &mut [i8]) {
+pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) {
     let c = factor.len();
     for (r, (row, out)) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
         let g = row_factor.map_or(1.0, |s| s[r]);
+        let epilogue = Epilogue { shortcut: epilogue.shortcut.map(|s| s.row(r, c)), ..epilogue };
         let done = if in_range {
-            scale_row_blocks::<false>(row, zero_point, factor, g, output_zero_point, out)
+            scale_row_blocks::<false>(row, zero_point, factor, g, output_zero_point, epilogue, out)
         } else {
-            scale_row_blocks::<true>(row, zero_point, factor, g, output_zero_point, out)
+            scale_row_blocks::<true>(row, zero_point, factor, g, output_zero_point, epilogue, out)
         };
-        scale_row(&row[done..], zero_point, &factor[done..], g, output_zero_point, &mut out[done..]);
+        let rest = Epilogue { shortcut: epilogue.shortcut.map(|s| TileShortcut { rows: &s.rows[done..], ..s }), ..epilogue };
+        scale_row(&row[done..], zero_point, &factor[done..], g, output_zero_point, rest, &mut out[done..]);
     }
 }
 
@@ -38,8 +42,11 @@ pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_f
 /// `CHECKED`: the results may be NaN or out of range (see [`super::kernels::in_range`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) -> usize {
-    let len = row.len().min(factor.len()).min(out.len());
+fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) -> usize {
+    let len = row.len().min(factor.len()).min(out.len()).min(epilogue.shortcut.map_or(usize::MAX, |s| s.rows.len()));
+    let shortcut = epilogue.shortcut.map(|s| (s.rows, _mm512_set1_epi32(s.zero_point), _mm512_set1_ps(s.factor)));
+    // The ReLU: every packed result at least the output zero point (a real 0).
+    let floor = _mm512_set1_epi8(if epilogue.relu { output_zero_point as i8 } else { i8::MIN });
     let (zp, zp_out, g) = (_mm512_set1_epi32(zero_point), _mm512_set1_epi16(output_zero_point as i16), _mm512_set1_ps(g));
     let (low, high) = (_mm512_set1_ps(-256.0), _mm512_set1_ps(256.0));
     // After the two packs, 128-bit lane k holds bytes 4k..4k+4 of each of the four vectors,
@@ -53,6 +60,15 @@ fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[
             let (q, f) = unsafe { (_mm_loadu_si128(row.as_ptr().add(i).cast()), _mm512_loadu_ps(factor.as_ptr().add(i))) };
             let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp));
             let v = _mm512_mul_ps(_mm512_mul_ps(v, f), g);
+            let v = match shortcut {
+                // SAFETY: i + 16 <= len <= the shortcut row's length; an unaligned load.
+                Some((rows, zp, factor)) => {
+                    let s = unsafe { _mm_loadu_si128(rows.as_ptr().add(i).cast()) };
+                    // Multiply, then add (not fused), as `scale_row` rounds.
+                    _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(s), zp)), factor))
+                }
+                None => v,
+            };
             // NaN to 0, then clamped to +-256 (every zero point saturates beyond), as in
             // round_to_int8; needless (and a third of the work) when the values are in range.
             let v = if CHECKED { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v) } else { v };
@@ -63,7 +79,7 @@ fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[
         // added in between on 32 i16 lanes (saturating: whatever saturates there, |zp| <= 128
         // cannot bring back within int8), where adding it on i32 lanes took twice the additions.
         let (first, second) = (_mm512_packs_epi32(quarter(0), quarter(1)), _mm512_packs_epi32(quarter(2), quarter(3)));
-        let packed = _mm512_packs_epi16(_mm512_adds_epi16(first, zp_out), _mm512_adds_epi16(second, zp_out));
+        let packed = _mm512_max_epi8(_mm512_packs_epi16(_mm512_adds_epi16(first, zp_out), _mm512_adds_epi16(second, zp_out)), floor);
         // SAFETY: 64 * b + 64 <= len <= out.len(); an unaligned store.
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(64 * b).cast(), _mm512_permutexvar_epi32(order, packed)) };
     }

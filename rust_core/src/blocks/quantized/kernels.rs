@@ -11,6 +11,7 @@
 //! channel pooling, the spatial pooling and the output pass use intrinsics instead (see
 //! [`super::avx512`]).
 
+use crate::apply::Epilogue;
 use crate::exec::Exec;
 use crate::layout::Dims;
 use crate::simd::Level;
@@ -291,18 +292,44 @@ pub(super) fn for_each_output_tile(
     for_each_tile(exec, x.len(), items, |(tile, x, out), scratch| f(tile, x, out, scratch));
 }
 
-/// `out[p, c] = round_to_int8((x[p, c] - zero_point) * factor[c] * row_factor[p])` (row factor
-/// 1 when absent) over rows of `factor.len()` values: the output quantization's division
-/// folded into `factor`.
-/// `in_range`: what [`in_range`] says of `factor` and `row_factor` (or of larger values).
+/// A tile's shortcut in the int8 epilogue: its rows (laid out like the tile's map), their zero
+/// point, and `shortcut_scale / output_scale`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TileShortcut<'a> {
+    pub rows: &'a [i8],
+    pub zero_point: i32,
+    pub factor: f32,
+}
+
+impl<'a> TileShortcut<'a> {
+    /// Row `r` of rows `len` long.
+    pub fn row(self, r: usize, len: usize) -> TileShortcut<'a> {
+        TileShortcut { rows: &self.rows[r * len..][..len], ..self }
+    }
+
+    /// The shortcut's value `j`, in units of the output scale.
+    #[inline(always)]
+    fn value(self, j: usize) -> f32 {
+        (self.rows[j] as i32 - self.zero_point) as f32 * self.factor
+    }
+}
+
+pub(super) type TileEpilogue<'a> = Epilogue<TileShortcut<'a>>;
+
+/// `out[p, c] = round_to_int8((x[p, c] - zero_point) * factor[c] * row_factor[p] + shortcut[p, c])`
+/// (row factor 1 when absent, the shortcut term when the epilogue has one, then clamped below at
+/// the output zero point, a real 0, for its ReLU) over rows of `factor.len()` values: the output
+/// quantization's division folded into `factor`. One rounding, where a separate ADD rounds twice.
+/// `in_range`: what [`in_range`] says of `factor` and `row_factor` (or of larger values) and of
+/// the shortcut's factor.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn scale_rows(level: Level, x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, out: &mut [i8]) {
+pub(super) fn scale_rows(level: Level, x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) {
     if uses_avx512(level) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `uses_avx512` checked that the CPU has AVX-512.
-        return unsafe { super::avx512::scale_rows(x, zero_point, factor, row_factor, in_range, output_zero_point, out) };
+        return unsafe { super::avx512::scale_rows(x, zero_point, factor, row_factor, in_range, output_zero_point, epilogue, out) };
     }
-    level.dispatch(ScaleRows { x, zero_point, factor, row_factor, output_zero_point, out });
+    level.dispatch(ScaleRows { x, zero_point, factor, row_factor, output_zero_point, epilogue, out });
 }
 
 /// Whether every `(x - zero_point) * factor[c] * row_factor[r]` is a finite number of
@@ -331,6 +358,7 @@ struct ScaleRows<'a> {
     factor: &'a [f32],
     row_factor: Option<&'a [f32]>,
     output_zero_point: i32,
+    epilogue: TileEpilogue<'a>,
     out: &'a mut [i8],
 }
 
@@ -339,18 +367,23 @@ impl WithSimd for ScaleRows<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let Self { x, zero_point, factor, row_factor, output_zero_point, out } = self;
-        for (r, (row, out)) in x.chunks_exact(factor.len()).zip(out.chunks_exact_mut(factor.len())).enumerate() {
+        let Self { x, zero_point, factor, row_factor, output_zero_point, epilogue, out } = self;
+        let c = factor.len();
+        for (r, (row, out)) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
             let g = row_factor.map_or(1.0, |s| s[r]);
-            scale_row(row, zero_point, factor, g, output_zero_point, out);
+            let epilogue = Epilogue { shortcut: epilogue.shortcut.map(|s| s.row(r, c)), ..epilogue };
+            scale_row(row, zero_point, factor, g, output_zero_point, epilogue, out);
         }
     }
 }
 
-/// One row's int8 output: see [`scale_rows`].
+/// One row's int8 output: see [`scale_rows`]; `epilogue` is this row's (see [`TileShortcut::row`]).
 #[inline(always)]
-pub(super) fn scale_row(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, out: &mut [i8]) {
-    for ((o, &q), &f) in out.iter_mut().zip(row).zip(factor) {
-        *o = round_to_int8((q as i32 - zero_point) as f32 * f * g, output_zero_point);
+pub(super) fn scale_row(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) {
+    let floor = if epilogue.relu { output_zero_point as i8 } else { i8::MIN };
+    for (j, ((o, &q), &f)) in out.iter_mut().zip(row).zip(factor).enumerate() {
+        let v = (q as i32 - zero_point) as f32 * f * g;
+        let v = epilogue.shortcut.map_or(v, |s| v + s.value(j));
+        *o = round_to_int8(v, output_zero_point).max(floor);
     }
 }

@@ -11,7 +11,8 @@
 //! values are ties. The tests check that every output off by one is at a tie of the float
 //! block's own output.
 
-use super::kernels::{channel_pool, dequantize_one, in_range, quantize_one, scale_rows, spatial_sum_max};
+use super::kernels::{channel_pool, dequantize_one, in_range, quantize_one, scale_rows, spatial_sum_max, TileEpilogue, TileShortcut};
+use crate::apply::Epilogue;
 use crate::simd::Level;
 use super::*;
 use crate::apply::Fusion;
@@ -179,21 +180,34 @@ fn the_output_pass_is_the_same_on_every_level() {
             (special[1], special[2]) = (f32::INFINITY, 1e30);
         }
         let row_factor = data(rows, 4);
+        let shortcut = TileShortcut { rows: &int8(rows * c, 100 + c as u64), zero_point: -7, factor: 0.6 };
+        let epilogues: [TileEpilogue; 4] = [
+            Epilogue::NONE,
+            Epilogue { shortcut: None, relu: true },
+            Epilogue { shortcut: Some(shortcut), relu: false },
+            Epilogue { shortcut: Some(shortcut), relu: true },
+        ];
         for ((zp, zp_out), factor) in [(-128, 127), (127, -128), (3, -5)].into_iter().flat_map(|z| [(z, &finite), (z, &special)]) {
-            for row_factor in [None, Some(&row_factor[..])] {
+            for (row_factor, epilogue) in [None, Some(&row_factor[..])].into_iter().flat_map(|r| epilogues.map(|e| (r, e))) {
                 let mut want = vec![0; x.len()];
                 let in_range = in_range(factor, row_factor.unwrap_or(&[1.0]));
                 assert_eq!(in_range, factor == &finite);
-                scale_rows(Level::SCALAR, &x, zp, factor, row_factor, in_range, zp_out, &mut want);
+                scale_rows(Level::SCALAR, &x, zp, factor, row_factor, in_range, zp_out, epilogue, &mut want);
                 let expected: Vec<i8> = (0..x.len())
-                    .map(|i| quantize_one((x[i] as i32 - zp) as f32 * factor[i % c] * row_factor.map_or(1.0, |s| s[i / c]), 1.0, zp_out))
+                    .map(|i| {
+                        let v = (x[i] as i32 - zp) as f32 * factor[i % c] * row_factor.map_or(1.0, |s| s[i / c]);
+                        let v = epilogue.shortcut.map_or(v, |s| v + (s.rows[i] as i32 - s.zero_point) as f32 * s.factor);
+                        let q = quantize_one(v, 1.0, zp_out);
+                        if epilogue.relu { q.max(zp_out as i8) } else { q }
+                    })
                     .collect();
-                assert_eq!(want, expected, "scalar, c = {c}");
-                assert!(c < 17 || (want.contains(&127) && want.contains(&-128)));
+                assert_eq!(want, expected, "scalar, c = {c}, {epilogue:?}");
+                assert!(c < 17 || want.contains(&127));
+                assert!(c < 17 || epilogue.relu || want.contains(&-128));
                 for level in Level::available() {
                     let mut got = vec![0; x.len()];
-                    scale_rows(level, &x, zp, factor, row_factor, in_range, zp_out, &mut got);
-                    assert_eq!(got, want, "{} c = {c} zero points {zp} {zp_out}", level.name());
+                    scale_rows(level, &x, zp, factor, row_factor, in_range, zp_out, epilogue, &mut got);
+                    assert_eq!(got, want, "{} c = {c} zero points {zp} {zp_out} {epilogue:?}", level.name());
                 }
             }
         }
