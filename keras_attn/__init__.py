@@ -1,31 +1,52 @@
-"""keras-attn: CBAM, BAM and channel-attention layers for Keras 3, with a Rust CPU core."""
+"""keras-attn: CBAM, BAM and channel-attention layers for Keras 3, with a Rust CPU core.
 
-from keras_attn import layers
+Keras and TensorFlow are imported only when something that needs them is first used: a layer
+(`keras_attn.CBAM`, `keras_attn.layers`), `get_attention`, `keras_attn.models`,
+`keras_attn.export` or `keras_attn.convert`. `keras_attn.edge` (running fused `.tflite` models)
+and `keras_attn.kernels` need only NumPy (and LiteRT for `edge`), so they run on a device
+without either.
+
+The layers register themselves for `.keras` loading when their module is imported. When Keras
+is already imported along with this package, the layers are imported at once (it costs nothing
+more), so `keras.saving.load_model` finds them; otherwise touch any layer, or
+`import keras_attn.layers`, before loading a `.keras` file.
+"""
+
+import importlib
+import sys
+
 from keras_attn._rust import __version__
-from keras_attn.layers import (
-    BAM,
-    BAMChannelGate,
-    BAMSpatialGate,
-    CBAM,
-    ECA,
-    ChannelAttention,
-    SelectiveKernel,
-    SpatialAttention,
-    SqueezeExcite,
-)
-from keras_attn.registry import get_attention
 
-__all__ = [
+_LAYERS = (
     "BAM",
     "BAMChannelGate",
     "BAMSpatialGate",
     "CBAM",
-    "ChannelAttention",
     "ECA",
+    "ChannelAttention",
     "SelectiveKernel",
     "SpatialAttention",
     "SqueezeExcite",
-    "__version__",
-    "get_attention",
-    "layers",
-]
+)
+_SUBMODULES = ("convert", "cpu", "edge", "export", "kernels", "layers", "models", "registry")
+
+__all__ = sorted([*_LAYERS, "__version__", "get_attention", "layers"])
+
+
+def __getattr__(name):
+    # PEP 562: the layers and the submodules that need Keras load on first use.
+    if name in _LAYERS:
+        return getattr(importlib.import_module("keras_attn.layers"), name)
+    if name == "get_attention":
+        return importlib.import_module("keras_attn.registry").get_attention
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_attn.{name}")
+    raise AttributeError(f"module 'keras_attn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAYERS, *_SUBMODULES, "get_attention"})
+
+
+if "keras" in sys.modules:
+    from keras_attn import layers  # noqa: F401  (registers the layers for `.keras` loading)

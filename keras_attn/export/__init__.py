@@ -1,21 +1,33 @@
 """Deployment: SavedModel for serving, LiteRT (TFLite) for devices, and a LiteRT runner.
 
-Built on Keras' and TensorFlow's own exporters; see docs/deployment.md.
+Built on Keras' and TensorFlow's own exporters; see docs/deployment.md. The names below load on
+first use, so that `keras_attn.edge`, which reads `.tflite` files with this package's
+`flatbuffer` module, imports neither Keras nor TensorFlow.
 """
 
-from keras_attn.export.flatbuffer import TFLiteGraph, TFLiteOp, read_tflite
-from keras_attn.export.litert import LiteRTModel
-from keras_attn.export.saved_model import to_saved_model
-from keras_attn.export.tflite import IO_DTYPES, QUANTIZATIONS, TFLiteReport, to_tflite
+import importlib
 
-__all__ = [
-    "IO_DTYPES",
-    "LiteRTModel",
-    "QUANTIZATIONS",
-    "TFLiteGraph",
-    "TFLiteOp",
-    "TFLiteReport",
-    "read_tflite",
-    "to_saved_model",
-    "to_tflite",
-]
+_MODULES = {
+    "IO_DTYPES": "tflite",
+    "LiteRTModel": "litert",
+    "QUANTIZATIONS": "tflite",
+    "TFLiteGraph": "flatbuffer",
+    "TFLiteOp": "flatbuffer",
+    "TFLiteReport": "tflite",
+    "read_tflite": "flatbuffer",
+    "to_saved_model": "saved_model",
+    "to_tflite": "tflite",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name):
+    # PEP 562: each name's module is imported when the name is first looked up.
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"keras_attn.export.{_MODULES[name]}"), name)
+    raise AttributeError(f"module 'keras_attn.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_MODULES})

@@ -11,7 +11,12 @@ import os
 try:  # LiteRT's own copy of the schema, when the `litert` extra is installed.
     from ai_edge_litert import schema_py_generated as _schema
 except ImportError:  # TensorFlow ships the same generated schema.
-    from tensorflow.lite.python import schema_py_generated as _schema
+    try:
+        from tensorflow.lite.python import schema_py_generated as _schema
+    except ImportError as err:
+        raise ImportError(
+            "reading .tflite files needs LiteRT (pip install ai-edge-litert) or TensorFlow."
+        ) from err
 
 
 def flatbuffer_utils():
