@@ -1,4 +1,4 @@
-"""Loading the CBAM/BAM authors' PyTorch weights into keras_attn models and layers.
+"""Loading the CBAM/BAM authors' and pytorchcv's PyTorch weights into keras_attn models and layers.
 
 PyTorch is never imported here at module import time: `load_torch_state_dict` takes NumPy arrays,
 and only `load_torch_checkpoint` (which must unpickle a `.pth` file) needs torch installed.
@@ -10,7 +10,8 @@ import os
 import keras
 import numpy as np
 
-from keras_attn.convert._names import TORCH_BN_EPSILON, torch_names
+from keras_attn.convert._names import TORCH_BN_EPSILON, TORCH_BN_MOMENTUM, torch_names
+from keras_attn.convert._pytorchcv import pytorchcv_keys
 
 _DATA_PARALLEL_PREFIX = "module."
 
@@ -44,20 +45,25 @@ class StateDictMismatchError(ValueError):
 
 
 def load_torch_state_dict(model_or_layer, state_dict, *, allow_non_finite=False):
-    """Loads the authors' PyTorch state dict into a keras_attn model or attention layer.
+    """Loads a PyTorch state dict (the authors' or pytorchcv's) into a keras_attn model or layer.
 
     Keys are the authors' names (`Jongchan/attention-module`): for a `keras_attn.models` ResNet
     the whole-network names (`conv1.weight`, `layer1.0.cbam.ChannelGate.mlp.1.weight`,
     `bam1.spatial_att.gate_s.gate_s_conv_di_0.weight`, `fc.bias`, ...); for a single layer the
-    names inside that module (`ChannelGate.mlp.1.weight` for a `CBAM`). The `module.` prefix that
-    `torch.nn.DataParallel` adds is accepted and dropped.
+    names inside that module (`ChannelGate.mlp.1.weight` for a `CBAM`). Or they are pytorchcv's
+    names for the same networks (`cbam_resnet*`, `bam_resnet*` and the `seresnet*` whose
+    bottlenecks stride in the 3x3 convolution: `features.stage1.unit1.body.conv1.conv.weight`,
+    `...cbam.ch_gate.mlp.fc1.weight`, `output.bias`, ...); the naming is detected from the keys
+    (the one that more keys match). The `module.` prefix that `torch.nn.DataParallel` adds is
+    accepted and dropped.
 
     Conversions: Linear weights are transposed, convolution weights go from OIHW to HWIO,
     BatchNorm `running_mean`/`running_var` become the moving statistics (`num_batches_tracked`
     may be present or not and is ignored), and every loaded BatchNormalization gets PyTorch's
     epsilon (1e-5) and the Keras momentum equal to one minus the PyTorch momentum of the
-    authors' module (0.9 for `nn.BatchNorm2d`, 0.99 for CBAM's spatial gate). Every `BAM`
-    gets `fusion="product"`, the fusion the authors' code (and so their weights) uses. A model's
+    module the checkpoint comes from (0.9 for `nn.BatchNorm2d`; 0.99 for the authors' CBAM
+    spatial gate, 0.9 for pytorchcv's). Every `BAM` gets `fusion="product"`, the fusion both
+    codes (and so their weights) use. A model's
     already traced `fit`/`evaluate`/`predict` functions are discarded, so they retrace with these.
 
     Nothing is assigned unless every key fits and every value is good: every tensor is
@@ -92,8 +98,15 @@ def load_torch_state_dict(model_or_layer, state_dict, *, allow_non_finite=False)
 
     given = _strip_data_parallel_prefix(state_dict)
     expected = {parameter.key: parameter for parameter in names.parameters}
+    optional_keys = names.optional_keys
+    renamed = pytorchcv_keys([*expected, *optional_keys])
+    pytorchcv_names = {renamed[key]: parameter for key, parameter in expected.items()}
+    from_pytorchcv = len(given.keys() & pytorchcv_names) > len(given.keys() & expected)
+    if from_pytorchcv:
+        expected = pytorchcv_names
+        optional_keys = {renamed[key] for key in optional_keys}
     missing = sorted(expected.keys() - given.keys())
-    unexpected = sorted(given.keys() - expected.keys() - names.optional_keys)
+    unexpected = sorted(given.keys() - expected.keys() - optional_keys)
     mismatched = []
     invalid = []
     values = []
@@ -119,6 +132,8 @@ def load_torch_state_dict(model_or_layer, state_dict, *, allow_non_finite=False)
     for variable, value in values:
         variable.assign(value)
     for batchnorm, torch_momentum in names.batchnorms:
+        if from_pytorchcv:
+            torch_momentum = TORCH_BN_MOMENTUM  # pytorchcv builds every BatchNorm with defaults
         batchnorm.momentum = 1.0 - torch_momentum
         batchnorm.epsilon = TORCH_BN_EPSILON
     for bam in names.bams:
