@@ -148,14 +148,28 @@ def load_torch_state_dict(model_or_layer, state_dict, *, allow_non_finite=False)
 def load_torch_checkpoint(model, path, *, allow_non_finite=False):
     """Loads a `.pth` / `.pth.tar` checkpoint into `model` (see `load_torch_state_dict`).
 
-    Reads the file with `torch.load(path, map_location="cpu", weights_only=True)` (so no code in
-    the file runs), takes its `"state_dict"` entry when it has one (the authors' training script
-    saves `{"epoch", "arch", "state_dict", ...}`) and hands it to `load_torch_state_dict`.
+    The file is read with `read_torch_checkpoint`, then handed to `load_torch_state_dict`.
 
     Args:
         model: a built Keras model or layer.
         path: path of the checkpoint file.
         allow_non_finite: passed to `load_torch_state_dict`.
+
+    Raises:
+        FileNotFoundError: when `path` is not a file.
+        ValueError: when the file is empty or PyTorch cannot read it as a checkpoint, and as
+            `load_torch_state_dict` raises.
+        ImportError: when PyTorch is not installed (it says how to install it).
+    """
+    load_torch_state_dict(model, read_torch_checkpoint(path), allow_non_finite=allow_non_finite)
+
+
+def read_torch_checkpoint(path):
+    """Returns the state dict of a `.pth` / `.pth.tar` checkpoint file (torch tensors).
+
+    Reads the file with `torch.load(path, map_location="cpu", weights_only=True)` (so no code in
+    the file runs) and takes its `"state_dict"` entry when it has one (the authors' training
+    script saves `{"epoch", "arch", "state_dict", ...}`).
 
     Raises:
         FileNotFoundError: when `path` is not a file.
@@ -168,15 +182,7 @@ def load_torch_checkpoint(model, path, *, allow_non_finite=False):
     if os.path.getsize(path) == 0:
         raise ValueError(f"`path` {path!r} is an empty file (0 bytes), not a checkpoint; an "
                          "interrupted download or copy leaves such files: fetch it again.")
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError(
-            "load_torch_checkpoint needs PyTorch to read .pth files, and it is not installed. "
-            "Install it with `pip install torch` (the CPU build is enough: `pip install torch "
-            "--index-url https://download.pytorch.org/whl/cpu`), or read the tensors elsewhere "
-            "and pass them as NumPy arrays to keras_attn.convert.load_torch_state_dict."
-        ) from error
+    torch = import_torch()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
@@ -184,7 +190,21 @@ def load_torch_checkpoint(model, path, *, allow_non_finite=False):
                          f"({type(error).__name__}: {error}); is the file complete?") from error
     if isinstance(checkpoint, collections.abc.Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
-    load_torch_state_dict(model, checkpoint, allow_non_finite=allow_non_finite)
+    return checkpoint
+
+
+def import_torch():
+    """Returns the torch module, or raises an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "Reading .pth checkpoints needs PyTorch, and it is not installed. Install it with "
+            "`pip install torch` (the CPU build is enough: `pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu`), or read the tensors elsewhere and pass "
+            "them as NumPy arrays to keras_attn.convert.load_torch_state_dict."
+        ) from error
+    return torch
 
 
 def _strip_data_parallel_prefix(state_dict):

@@ -1,5 +1,7 @@
 """ResNets with CBAM, BAM, SE or any registered attention, built as the CBAM/BAM authors do."""
 
+from keras_attn.models._pretrained import CHECKPOINTS, Checkpoint
 from keras_attn.models.resnet import resnet, resnet18, resnet34, resnet50, resnet101, resnet152
 
-__all__ = ["resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = ["CHECKPOINTS", "Checkpoint", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152"]

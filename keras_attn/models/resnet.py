@@ -10,6 +10,7 @@ import keras
 
 from keras_attn.layers import BAM
 from keras_attn.models._init import authors_initializer, init_like_authors
+from keras_attn.models._pretrained import check_weights, load_weights
 from keras_attn.registry import get_attention
 
 # depth -> (residual block, blocks per stage).
@@ -27,8 +28,8 @@ _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
 
-def resnet(depth, *, attention=None, include_top=True, num_classes=1000, input_shape=None,
-           data_format=None, pooling=None, classifier_activation="softmax",
+def resnet(depth, *, attention=None, weights=None, include_top=True, num_classes=1000,
+           input_shape=None, data_format=None, pooling=None, classifier_activation="softmax",
            attention_kwargs=None, name=None):
     """Builds an ImageNet ResNet with attention placed as in the CBAM and BAM papers' code.
 
@@ -44,6 +45,12 @@ def resnet(depth, *, attention=None, include_top=True, num_classes=1000, input_s
         attention: None, a name `keras_attn.get_attention` knows (`"cbam"`, `"bam"`, `"se"`, ...)
             or an attention layer class (built as `cls(data_format=..., **attention_kwargs)`;
             BAM and its subclasses go after stages, every other class in every block).
+        weights: None (the authors' random initialisation), `"imagenet"` (downloads the
+            published checkpoint of this depth and attention with `keras.utils.get_file` into
+            `~/.keras/models`, checks its SHA-1 and loads it; see
+            `keras_attn.models.CHECKPOINTS`), or the path of a PyTorch checkpoint in the
+            authors' or pytorchcv's naming. With `include_top=False` the checkpoint's
+            classifier is left out. Loading a checkpoint needs PyTorch installed.
         include_top: whether to end with global average pooling and the `fc` classifier.
         num_classes: classifier width, when `include_top`.
         input_shape: input shape without the batch axis; defaults to 224x224 RGB in
@@ -80,6 +87,8 @@ def resnet(depth, *, attention=None, include_top=True, num_classes=1000, input_s
         raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
     block_kind, blocks_per_stage = _DEPTHS[depth]
     attention_spec = _AttentionSpec.resolve(attention, attention_kwargs, data_format)
+    attention_label = attention_spec.label if attention_spec else None
+    check_weights(weights, attention_label, depth, include_top, num_classes, attention_kwargs)
 
     inputs = keras.Input(input_shape, name="input")
     x = _stem(inputs, data_format)
@@ -104,8 +113,10 @@ def resnet(depth, *, attention=None, include_top=True, num_classes=1000, input_s
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="global_maxpool")(x)
     if name is None:
-        name = f"{attention_spec.label}_resnet{depth}" if attention_spec else f"resnet{depth}"
-    return keras.Model(inputs, x, name=name)
+        name = f"{attention_label}_resnet{depth}" if attention_spec else f"resnet{depth}"
+    model = keras.Model(inputs, x, name=name)
+    load_weights(model, weights, attention_label, depth, include_top)
+    return model
 
 
 def resnet18(**kwargs):
