@@ -8,6 +8,7 @@ use super::matmul::{matmul_acc, padded_width, Strided, Weights, COLUMN_PAD};
 use crate::exec::Exec;
 use crate::simd::Level;
 use pulp::{Simd, WithSimd};
+use std::ops::Range;
 
 /// A K x K convolution of two planes (max, mean) to one, plus a bias (BatchNorm folded in).
 #[derive(Clone, Debug)]
@@ -29,21 +30,38 @@ impl PoolConv {
         Ok(PoolConv { size, kernel: kernel.to_vec(), bias })
     }
 
+    /// The kernel size K.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// `out` (H x W) = the convolution of the planes `max` and `mean` (H x W each).
     pub fn forward(&self, level: Level, max: &[f32], mean: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        assert!(max.len() == h * w && mean.len() == h * w && out.len() == h * w);
-        // Zero-padded copies of both planes. Rows are wide enough that every output vector,
-        // including the last partial one of a row, loads whole vectors without a bounds check.
+        self.forward_rows(level, max, mean, 0..h, h, w, 0..h, out);
+    }
+
+    /// `out` (`rows.len()` x W) = the output rows `rows` of the convolution of two H x W planes,
+    /// of which `max` and `mean` hold the rows `window`: every image row within K / 2 of `rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_rows(&self, level: Level, max: &[f32], mean: &[f32], window: Range<usize>, h: usize, w: usize, rows: Range<usize>, out: &mut [f32]) {
         let pad = self.size / 2;
+        assert!(window.start <= rows.start.saturating_sub(pad) && (rows.end + pad).min(h) <= window.end && window.end <= h);
+        assert!(max.len() == window.len() * w && mean.len() == max.len() && out.len() == rows.len() * w);
+        // Zero-padded copies of both planes' rows. Rows are wide enough that every output
+        // vector, including the last partial one of a row, loads whole vectors without a
+        // bounds check.
         let stride = padded_width(w) + 2 * pad;
-        let rows = h + 2 * pad;
-        let mut padded = vec![0.0; 2 * rows * stride];
-        for (plane, src) in padded.chunks_exact_mut(rows * stride).zip([max, mean]) {
-            for (y, src_row) in src.chunks_exact(w).enumerate() {
-                plane[(y + pad) * stride + pad..][..w].copy_from_slice(src_row);
+        let padded_rows = rows.len() + 2 * pad;
+        let mut padded = vec![0.0; 2 * padded_rows * stride];
+        for (plane, src) in padded.chunks_exact_mut(padded_rows * stride).zip([max, mean]) {
+            // Padded row i holds image row rows.start + i - pad, where that lies in the image.
+            for i in 0..padded_rows {
+                if let Some(y) = (rows.start + i).checked_sub(pad).filter(|&y| y < h) {
+                    plane[i * stride + pad..][..w].copy_from_slice(&src[(y - window.start) * w..][..w]);
+                }
             }
         }
-        level.dispatch(PoolConvOp { conv: self, padded: &padded, stride, rows, h, w, out });
+        level.dispatch(PoolConvOp { conv: self, padded: &padded, stride, rows: padded_rows, h: rows.len(), w, out });
     }
 }
 
