@@ -98,8 +98,12 @@ def main(argv=None):
     parser.add_argument("--large-maps", type=int, default=28 * 28, metavar="PIXELS",
                         help="the extra fused variant fuses only blocks on maps of at least "
                              "this many pixels (H*W)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines")
     args = parser.parse_args(argv)
+    from keras_attn import logs
 
+    logs.quiet(args.verbose)  # before TensorFlow is imported
     import keras_attn
     from keras_attn import edge
     from keras_attn.export import to_tflite

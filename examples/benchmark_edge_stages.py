@@ -50,8 +50,12 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quantization", choices=("float32", "int8"), default="float32")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines")
     args = parser.parse_args(argv)
+    from keras_attn import logs
 
+    logs.quiet(args.verbose)  # before TensorFlow is imported
     from benchmark_edge import _interleaved_ms
 
     from keras_attn import edge

@@ -1,16 +1,22 @@
 """Quickstart: a small CNN with `model.add(CBAM())`, trained briefly, saved and reloaded.
 
 The task is synthetic: each 32x32 image holds a bright 6x6 patch on noise, and the label says in
-which quadrant it sits. Run with `python examples/quickstart.py` (well under a minute on a CPU).
+which quadrant it sits. Run with `python examples/quickstart.py` (well under a minute on a CPU;
+`--verbose` shows TensorFlow's own log lines).
 """
 
 import os
+import sys
 import tempfile
 
-import keras
-import numpy as np
+from keras_attn import logs
 
-import keras_attn
+logs.quiet("--verbose" in sys.argv[1:])  # TensorFlow's C++ log lines stay out unless asked
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_attn  # noqa: E402
 
 IMAGE_SIZE = 32
 PATCH = 6

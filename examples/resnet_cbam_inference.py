@@ -1,11 +1,12 @@
 """Classify an image with CBAM-ResNet-50 and the CBAM authors' ImageNet weights, then export it to
 LiteRT (TFLite).
 
-    python examples/resnet_cbam_inference.py --checkpoint RESNET50_CBAM.pth.tar --image cat.jpg \
+    python examples/resnet_cbam_inference.py --checkpoint RESNET50_CBAM_new_name_wrap.pth --image cat.jpg \
         --tflite cbam_resnet50.tflite
 
-`--checkpoint` takes the authors' released `.pth.tar` (github.com/Jongchan/attention-module;
-reading it needs PyTorch: `pip install torch`) or an `.npz` of the same state dict (arrays under
+`--checkpoint` takes the authors' released checkpoint (`RESNET50_CBAM_new_name_wrap.pth`, linked
+from the README of github.com/Jongchan/attention-module; reading it needs PyTorch:
+`pip install torch`) or an `.npz` of the same state dict (arrays under
 the same key names, no PyTorch needed). Without a checkpoint the model keeps its random initial
 weights and says so; without an image it classifies random noise. Preprocessing is the authors'
 evaluation transform: shorter side to 256, centre crop 224, ImageNet mean/std normalisation.
@@ -13,14 +14,19 @@ evaluation transform: shorter side to 256, centre crop 224, ImageNet mean/std no
 
 import argparse
 import functools
+import sys
 
-import keras
-import numpy as np
-from PIL import Image
+from keras_attn import logs
 
-from keras_attn import models
-from keras_attn.convert import load_torch_checkpoint, load_torch_state_dict
-from keras_attn.export import LiteRTModel, to_tflite
+logs.quiet("--verbose" in sys.argv[1:])  # before TensorFlow is imported
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from keras_attn import models  # noqa: E402
+from keras_attn.convert import load_torch_checkpoint, load_torch_state_dict  # noqa: E402
+from keras_attn.export import LiteRTModel, to_tflite  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -75,6 +81,8 @@ def main():
     parser.add_argument("--checkpoint", help="the authors' .pth/.pth.tar, or an .npz state dict")
     parser.add_argument("--image", help="image file to classify (default: random noise)")
     parser.add_argument("--tflite", help="also export to this .tflite file and run it there")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines")
     args = parser.parse_args()
 
     model = models.resnet50(attention="cbam")

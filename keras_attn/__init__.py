@@ -15,7 +15,20 @@ more), so `keras.saving.load_model` finds them; otherwise touch any layer, or
 import importlib
 import sys
 
-from keras_attn._rust import __version__
+try:
+    from keras_attn._rust import __version__
+except ModuleNotFoundError as _err:
+    if _err.name != "keras_attn._rust":
+        raise
+    # A source checkout installed with `pip install .` shadows the installed package when Python
+    # starts in the checkout; only an editable install builds the core into the checkout.
+    raise ModuleNotFoundError(
+        f"keras_attn was imported from {__path__[0]!r}, which has no compiled Rust core "
+        "(keras_attn/_rust.abi3.so). If that is a source checkout, install it in editable mode "
+        "from its root: pip install -e . (or run Python from another folder, so that the "
+        "installed package is imported).",
+        name="keras_attn._rust",
+    ) from None
 
 _LAYERS = (
     "BAM",
@@ -28,7 +41,7 @@ _LAYERS = (
     "SpatialAttention",
     "SqueezeExcite",
 )
-_SUBMODULES = ("convert", "cpu", "edge", "export", "kernels", "layers", "models", "registry")
+_SUBMODULES = ("convert", "cpu", "edge", "export", "kernels", "layers", "logs", "models", "registry")
 
 __all__ = sorted([*_LAYERS, "__version__", "get_attention", "layers"])
 

@@ -1,8 +1,9 @@
 """The `keras-attn` command (also `python -m keras_attn`)."""
 
 import argparse
-import os
 import sys
+
+from keras_attn import logs
 
 
 def _parser():
@@ -26,6 +27,9 @@ def _parser():
         "--quick", action="store_true", help="smoke run: 400 digits at 16x16 (seconds, not minutes)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's and LiteRT's own log lines"
+    )
     bench = commands.add_parser(
         "bench",
         add_help=False,  # `main` hands everything after "bench" to the benchmark's own parser
@@ -40,18 +44,14 @@ def main(argv=None):
     if argv[:1] == ["bench"]:
         from keras_attn.bench import main as run_bench
 
-        return run_bench(argv[1:])
+        return run_bench(argv[1:], prog="keras-attn bench")
     args = _parser().parse_args(argv)
     if args.command == "demo":
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 12)
         if epochs < 1:
             _parser().error(f"--epochs must be at least 1; got {epochs}")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
-        import tensorflow as tf
-
+        logs.quiet(args.verbose)
         from keras_attn.demo import run_demo
-
-        tf.get_logger().setLevel("ERROR")  # retracing notes from predicting several models
 
         run_demo(args.out, epochs=epochs, quick=args.quick, seed=args.seed)
     return 0

@@ -75,6 +75,7 @@ def test_bench_subcommand_hands_its_options_to_the_benchmark(monkeypatch):
     from keras_attn import cli
 
     received = []
-    monkeypatch.setattr(keras_attn.bench, "main", lambda argv: received.append(argv) or 7)
+    monkeypatch.setattr(keras_attn.bench, "main",
+                        lambda argv, prog: received.append((argv, prog)) or 7)
     assert cli.main(["bench", "--out", "b", "--quick"]) == 7
-    assert received == [["--out", "b", "--quick"]]
+    assert received == [(["--out", "b", "--quick"], "keras-attn bench")]

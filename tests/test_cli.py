@@ -1,0 +1,76 @@
+"""The `keras-attn` command and what a new user meets first: a clear error for a checkout
+without its compiled core, and quiet output (no TensorFlow or LiteRT C++ log lines)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import keras_attn
+from keras_attn import logs
+
+PACKAGE = os.path.dirname(keras_attn.__file__)
+
+
+def test_checkout_without_compiled_core_says_what_to_do(tmp_path):
+    shutil.copytree(PACKAGE, tmp_path / "keras_attn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    done = subprocess.run([sys.executable, "-c", "import keras_attn"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=""))
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: keras_attn was imported from ")
+    assert str(tmp_path / "keras_attn") in last
+    assert "pip install -e ." in last and "run Python from another folder" in last
+
+
+@pytest.mark.parametrize("line", [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"I0000 00:00:1796312890.100226   22624 port.cc:153] oneDNN custom operations are on.",
+    b"E0000 00:00:1796312935.412053   22624 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
+    b"W1203 10:11:12.123456    7 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.",
+    b"To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild",
+    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    b"WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered.",
+    b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32",
+])
+def test_native_log_lines_are_recognised(line):
+    assert logs.is_native_log_line(line)
+
+
+@pytest.mark.parametrize("line", [
+    b"F0000 00:00:1796312935.412053   22624 op.cc:52] Check failed: fatal lines stay",
+    b"ERROR: Didn't find op for builtin opcode 'CONV_2D'",
+    b"Traceback (most recent call last):",
+    b"Fatal Python error: Segmentation fault",
+    b"UserWarning: INFO: in the middle of a line",
+])
+def test_other_lines_are_kept(line):
+    assert not logs.is_native_log_line(line)
+
+
+def test_bench_report_is_one_table_per_thread_count_with_full_reasons():
+    from keras_attn import bench
+
+    reason = "n/a (ValueError: the converter refused the op because it needs a Flex kernel.)"
+    records = [
+        dict(op="cbam", shape=[1, 8, 8, 4], data_format="channels_last", threads=t, peer=peer,
+             median_s=None if peer == "litert" else 1e-4 * (k + 1), min_s=None, map_bytes=1024,
+             read_probe_s=1e-5, **({"error": reason} if peer == "litert" else {}))
+        for t in (1, 2) for k, peer in enumerate(bench.PEERS)
+    ]
+    report = bench.tables(records)
+    assert report.count("| op | shape |") == 2
+    assert "target" not in report.lower() and "issue" not in report.lower()
+    assert report.count(reason) == 1  # the whole reason, once, under the tables
+
+
+def test_bench_help_names_the_subcommand(capsys):
+    from keras_attn import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert capsys.readouterr().out.startswith("usage: keras-attn bench ")
