@@ -66,7 +66,7 @@ class CompiledBlock:
         return f"CompiledBlock({self.name}, channels={self.channels}, {self.data_format})"
 
 
-def compile(layer, threads=None):  # noqa: A001 - the public name the issue asks for
+def compile(layer, threads=None):  # noqa: A001 - the public API name
     """Compiles a built attention layer to a fused Rust forward pass.
 
     Args:

@@ -74,3 +74,50 @@ def test_bench_help_names_the_subcommand(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     assert capsys.readouterr().out.startswith("usage: keras-attn bench ")
+
+
+def _run_python(code, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_is_quick_and_imports_no_tensorflow():
+    done = _run_python(
+        "import sys\n"
+        "from keras_attn.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({'tensorflow', 'keras', 'ai_edge_litert'} & set(sys.modules)))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: keras-attn ")
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert done.stderr == ""
+
+
+@pytest.mark.tf_only
+def test_quiet_drops_native_logs_and_keeps_python_output(tmp_path):
+    done = _run_python(
+        "from keras_attn import logs\n"
+        "assert logs.quiet()\n"
+        "import os, warnings\n"
+        "import keras, numpy as np\n"
+        "from keras_attn.export import LiteRTModel, to_tflite\n"
+        "model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
+        f"report = to_tflite(model, {str(tmp_path / 'm.tflite')!r})\n"
+        "LiteRTModel(report.path)(np.ones((1, 4), 'float32'))\n"
+        "warnings.warn('a Python warning stays')\n"
+        "os.write(2, b'a native line that is not a log line stays\\n')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if logs.is_native_log_line(line.encode())] == []
+    assert "UserWarning: a Python warning stays" in done.stderr
+    assert lines[-1] == "a native line that is not a log line stays"
+    assert len(lines) <= 4, done.stderr
+
+
+def test_verbose_leaves_stderr_alone():
+    stderr = sys.stderr
+    assert logs.quiet(verbose=True) is False
+    assert sys.stderr is stderr
