@@ -1,8 +1,6 @@
 """`keras-attn demo`: a reduced run (--quick: 400 digits at 16x16, one epoch) writes every
 artifact under --out, prints both tables, and its LiteRT models agree with Keras."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -10,23 +8,34 @@ import sys
 
 import pytest
 
-from keras_attn.cli import main
+from keras_attn import logs
 
 pytestmark = [pytest.mark.tf_only, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The demo as a user runs it: its own process, stdout and stderr as they would see them."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--out", str(out), "--quick"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_attn", "demo", "--out", str(out), "--quick"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr
     with open(out / "results.json") as f:
-        return out, printed.getvalue(), json.load(f)
+        return out, done.stdout, json.load(f), done.stderr
+
+
+def test_no_tensorflow_or_litert_log_lines(demo):
+    *_, stderr = demo
+    native = [line for line in stderr.splitlines() if logs.is_native_log_line(line.encode())]
+    assert native == []
+    assert "cuInit" not in stderr and "XNNPACK delegate" not in stderr
 
 
 def test_writes_everything_under_out(demo):
-    out, _, _ = demo
+    out, *_ = demo
     for name in ("plain", "cbam", "bam"):
         assert (out / "models" / f"{name}.keras").stat().st_size > 0
         assert (out / "saved_model" / name / "saved_model.pb").exists()
@@ -36,7 +45,7 @@ def test_writes_everything_under_out(demo):
 
 
 def test_prints_both_tables(demo):
-    _, printed, results = demo
+    _, printed, results, _ = demo
     for text in ("no attention", "CBAM", "BAM", "params", "test accuracy", "train step (ms)",
                  "agrees w/ Keras", "int8", "float32"):
         assert text in printed
@@ -44,7 +53,7 @@ def test_prints_both_tables(demo):
 
 
 def test_litert_models_match_keras(demo):
-    _, _, results = demo
+    _, _, results, _ = demo
     assert (results["image_size"], results["epochs"]) == (16, 1)
     for name, model in results["models"].items():
         assert model["keras_reload_max_abs_diff"] < 1e-6, name
@@ -63,10 +72,10 @@ def test_python_m_entry_point_and_bad_epochs(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "keras_attn", "demo", "--epochs", "0", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert done.returncode == 2
-    assert "--epochs must be at least 1; got 0" in done.stderr
+    assert done.stderr.splitlines()[-1].endswith("--epochs must be at least 1; got 0")
+    assert not any(logs.is_native_log_line(line.encode()) for line in done.stderr.splitlines())
     assert os.listdir(tmp_path) == []
 
 

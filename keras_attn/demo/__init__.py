@@ -111,12 +111,19 @@ def _attention_figure(model, x_test, y_test, path):
     block = model.get_layer("cbam2")
     features = keras.Model(model.input, block.input)(x_test, training=False)
     _, scores = block(features, training=False, return_attention_scores=True)
-    maps = keras.ops.convert_to_numpy(scores["spatial"])
+    spatial = keras.ops.convert_to_numpy(scores["spatial"])
+    channel = keras.ops.convert_to_numpy(scores["channel"]).reshape(len(x_test), -1)
     predicted = model.predict(x_test, verbose=0).argmax(axis=1)
     labels = [f"{t} -> {p}" for t, p in zip(y_test, predicted)]
-    save_attention_maps(
-        path, x_test, maps, labels, "CBAM spatial attention (stage 2), label -> prediction"
+    height, width, channels = block.input.shape[1:]
+    caption = (
+        f"The CBAM block after the second convolution stage ({channels} channels on a "
+        f"{height}x{width} map), on test digits. Middle: its spatial gate over the input (each "
+        f"cell covers {x_test.shape[1] // height}x{x_test.shape[2] // width} pixels). Bottom: "
+        f"its channel gate's strongest channels (index and gate value)."
     )
+    save_attention_maps(path, x_test, spatial, channel, labels,
+                        "What CBAM attends to (stage 2)", caption)
 
 
 def run_demo(out, epochs=12, quick=False, seed=0, batch_size=32, print_fn=print):
