@@ -97,6 +97,28 @@ class Runtime:
         weights that are not constants of the model, and so is rebuilt every run)."""
         return self._runtime.cached_blocks
 
+    def take_timings(self):
+        """Where the runs since the last call spent their time, then starts counting again.
+
+        For profiling a model with fused attention inside a network: how much of LiteRT's run
+        time the fused ops took, and how much of theirs went to reading and locking their
+        tensor buffers rather than computing.
+
+        Returns:
+            A dict: `"model_seconds"`, the time spent running the model (every op, fused or
+            not, without the copies of the inputs and outputs), and `"ops"`, one dict per fused
+            op name that ran, `{"calls", "buffer_seconds", "compute_seconds"}`.
+        """
+        model, ops = self._runtime.take_timings()
+        return {
+            "model_seconds": model,
+            "ops": {
+                name: {"calls": calls, "buffer_seconds": buffers, "compute_seconds": compute}
+                for name, calls, buffers, compute in ops
+                if calls
+            },
+        }
+
     def __call__(self, inputs):
         arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         shapes = self.input_shapes

@@ -98,6 +98,27 @@ def _rewrite(path, out, change):
     return str(out)
 
 
+def test_timings_count_every_fused_call_and_start_again(exported):
+    _, x, fused, builtin = exported("se")
+    runtime = edge.Runtime(fused, threads=1)
+    runtime.take_timings()
+    for _ in range(3):
+        runtime(x)
+    timings = runtime.take_timings()
+    op = timings["ops"]["KerasAttnSE"]
+    assert list(timings["ops"]) == ["KerasAttnSE"]
+    assert op["calls"] == 3
+    assert 0 < op["compute_seconds"] and 0 < op["buffer_seconds"]
+    # The fused op runs inside the model's runs.
+    assert op["compute_seconds"] + op["buffer_seconds"] < timings["model_seconds"]
+    assert runtime.take_timings() == {"model_seconds": 0.0, "ops": {}}
+    # A model without fused ops has none.
+    plain = edge.Runtime(builtin, threads=1)
+    plain(x)
+    timings = plain.take_timings()
+    assert timings["ops"] == {} and timings["model_seconds"] > 0
+
+
 def test_malformed_attributes_are_rejected_at_compile(exported, tmp_path):
     from flatbuffers import flexbuffers
 

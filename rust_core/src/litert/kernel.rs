@@ -15,6 +15,16 @@ use crate::exec::Exec;
 use crate::simd::Level;
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where one op's calls spent their time, summed since the last [`Kernels::take_timings`]:
+/// reading and locking its tensor buffers (and unlocking them), and running its block.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpTimings {
+    pub calls: u64,
+    pub buffers: Duration,
+    pub compute: Duration,
+}
 
 /// What every node of one op name shares: LiteRT gives all of them one `user_data`.
 pub struct OpState {
@@ -26,6 +36,8 @@ pub struct OpState {
 pub struct Kernels {
     threads: Option<usize>,
     errors: Mutex<Vec<String>>,
+    /// Per op of [`OpKind::ALL`].
+    timings: Mutex<[OpTimings; 3]>,
     /// None: every run builds its block from the weights.
     blocks: Option<BlockCache>,
     states: Vec<OpState>,
@@ -47,7 +59,7 @@ impl Kernels {
     /// `options` must be a live `LiteRtOptions`.
     pub unsafe fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
         let blocks = cache_blocks.then(BlockCache::default);
-        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), blocks, states: Vec::new(), names: Vec::new() });
+        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), timings: Mutex::default(), blocks, states: Vec::new(), names: Vec::new() });
         let this: *const Kernels = &*kernels;
         kernels.states = OpKind::ALL.iter().map(|&op| OpState { op, kernels: this }).collect();
         kernels.names = OpKind::ALL.iter().map(|op| CString::new(op.name()).expect("op names have no NUL")).collect();
@@ -71,6 +83,19 @@ impl Kernels {
     /// The errors recorded so far, cleared.
     pub fn take_errors(&self) -> Vec<String> {
         std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Each op's timings since the last call, cleared.
+    pub fn take_timings(&self) -> Vec<(OpKind, OpTimings)> {
+        let timings = std::mem::take(&mut *self.timings.lock().unwrap_or_else(|e| e.into_inner()));
+        OpKind::ALL.into_iter().zip(timings).collect()
+    }
+
+    fn add_timing(&self, op: OpKind, buffers: Duration, compute: Duration) {
+        let index = OpKind::ALL.iter().position(|&o| o == op).expect("every op is in OpKind::ALL");
+        let mut timings = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut timings[index];
+        (t.calls, t.buffers, t.compute) = (t.calls + 1, t.buffers + buffers, t.compute + compute);
     }
 
     fn record(&self, message: String) {
@@ -193,6 +218,7 @@ unsafe extern "C" fn get_output_layouts(
 }
 
 unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
+    let start = Instant::now();
     let (state, kernels) = state(user_data);
     let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
     if num_outputs != 1 {
@@ -214,6 +240,7 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
     };
     let mut locked = Vec::with_capacity(inputs.len());
     let mut zero_point = None;
+    let mut compute = (start, start);
     let result = (|| {
         let mut shapes = Vec::with_capacity(inputs.len());
         let mut datas = Vec::with_capacity(inputs.len());
@@ -245,10 +272,13 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         zero_point = ops::output_zero_point(state.op, &tensors);
         let exec = Exec::new(Level::active(), kernels.threads);
         let out = out.reborrow();
-        match &kernels.blocks {
+        compute.0 = Instant::now();
+        let result = match &kernels.blocks {
             Some(cache) => cache.run(state.op, exec, &tensors, out),
             None => ops::run(state.op, exec, &tensors, out),
-        }
+        };
+        compute.1 = Instant::now();
+        result
     })();
     for buffer in locked {
         (api.LiteRtUnlockTensorBuffer)(buffer);
@@ -258,6 +288,8 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         kernels.record(e);
     }
     (api.LiteRtUnlockTensorBuffer)(output);
+    let compute_time = compute.1.saturating_duration_since(compute.0);
+    kernels.add_timing(state.op, start.elapsed().saturating_sub(compute_time), compute_time);
     OK
 }
 

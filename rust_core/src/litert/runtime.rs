@@ -3,8 +3,10 @@
 //! model's tensor says.
 
 use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, ELEMENT_INT8, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
-use super::kernel::{fused_weights_are_constant, Kernels};
+use super::kernel::{fused_weights_are_constant, Kernels, OpTimings};
+use super::ops::OpKind;
 use std::ffi::{c_void, CString};
+use std::time::{Duration, Instant};
 
 /// The element type of a model input or output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct Runtime {
     input_types: Vec<ElementType>,
     output_types: Vec<ElementType>,
     kernels: Option<Box<Kernels>>,
+    /// Time spent in `LiteRtRunCompiledModel` since the last [`Runtime::take_timings`].
+    model_time: Duration,
 }
 
 // SAFETY: the handles are used by one caller at a time (`&mut self` for runs); LiteRT objects
@@ -105,6 +109,7 @@ impl Runtime {
             input_types: Vec::new(),
             output_types: Vec::new(),
             kernels: None,
+            model_time: Duration::ZERO,
         };
         // SAFETY: every call below follows LiteRT's C API with live handles owned by `rt`, which
         // releases them in `drop` (also on an early error return).
@@ -215,6 +220,13 @@ impl Runtime {
         self.kernels.as_ref().map_or(0, |k| k.cached_blocks())
     }
 
+    /// The fused ops' timings since the last call (see [`OpTimings`]), and the time spent in
+    /// LiteRT's run calls (the whole model, fused ops included), cleared.
+    pub fn take_timings(&mut self) -> (Vec<(OpKind, OpTimings)>, Duration) {
+        let ops = self.kernels.as_ref().map(|k| k.take_timings()).unwrap_or_default();
+        (ops, std::mem::take(&mut self.model_time))
+    }
+
     /// Runs the model on `inputs` (one per input, each of its element type and exactly its
     /// shape's size).
     pub fn run(&mut self, inputs: &[Input]) -> Result<Vec<Output>, String> {
@@ -247,7 +259,9 @@ impl Runtime {
                 std::ptr::copy_nonoverlapping(data, ptr as *mut u8, bytes);
                 (api.LiteRtUnlockTensorBuffer)(buffer);
             }
+            let started = Instant::now();
             let status = (api.LiteRtRunCompiledModel)(self.compiled, 0, self.inputs.len(), self.inputs.as_mut_ptr(), self.outputs.len(), self.outputs.as_mut_ptr());
+            self.model_time += started.elapsed();
             let errors = self.kernels.as_ref().map(|k| k.take_errors()).unwrap_or_default();
             if !errors.is_empty() {
                 return Err(errors.join("; "));
