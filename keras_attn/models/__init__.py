@@ -1,7 +1,8 @@
 """ResNets with CBAM, BAM, SE or any registered attention, built as the CBAM/BAM authors do."""
 
 from keras_attn.models._pretrained import CHECKPOINTS, Checkpoint
+from keras_attn.models.imagenet import decode_predictions, load_image, preprocess_input
 from keras_attn.models.resnet import resnet, resnet18, resnet34, resnet50, resnet101, resnet152
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152"]
+__all__ = ["CHECKPOINTS", "Checkpoint", "decode_predictions", "load_image", "preprocess_input",
+           "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
