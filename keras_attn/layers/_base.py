@@ -10,6 +10,23 @@ from keras_attn.layers._pooling import channel_axis
 DATA_FORMATS = ("channels_last", "channels_first")
 _HALF_DTYPES = ("float16", "bfloat16")
 
+# The input layouts by rank: 1D sequences, 2D images, 3D volumes.
+_SPATIAL_NAMES = {3: "length", 4: "height, width", 5: "depth, height, width"}
+_CONV_LAYERS = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
+
+
+def layout(rank, data_format):
+    """The axes of a map of `rank`, in words: `"(batch, height, width, channels)"` for rank 4."""
+    spatial = _SPATIAL_NAMES[rank]
+    if data_format == "channels_last":
+        return f"(batch, {spatial}, channels)"
+    return f"(batch, channels, {spatial})"
+
+
+def conv_layer(rank):
+    """The Keras convolution over the spatial axes of a map of `rank`: Conv1D, Conv2D or Conv3D."""
+    return _CONV_LAYERS[rank]
+
 
 def standardize_data_format(data_format):
     """Returns `data_format`, or the Keras default (`keras.config.image_data_format()`) for None."""
@@ -63,8 +80,12 @@ class AttentionLayer(keras.layers.Layer):
 
     Subclasses implement `build` (calling `_check_input_shape` first), `call(inputs, training=None,
     return_attention_scores=False)` and `compute_attention_scores_shape`; they override
-    `compute_output_shape` only when the output shape differs from the input shape.
+    `compute_output_shape` only when the output shape differs from the input shape. `call` starts
+    with `inputs = self._float_inputs(inputs)` and returns `self._empty_outputs(...)` for an empty
+    batch. `SUPPORTED_RANKS` lists the input ranks the layer accepts.
     """
+
+    SUPPORTED_RANKS = (3, 4, 5)
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -74,26 +95,53 @@ class AttentionLayer(keras.layers.Layer):
     def _check_input_shape(self, input_shape):
         """Validates a build-time input shape; returns the number of channels."""
         input_shape = tuple(input_shape)
-        layout = (
-            "(batch, height, width, channels)"
-            if self.data_format == "channels_last"
-            else "(batch, channels, height, width)"
-        )
-        if len(input_shape) != 4:
+        rank = len(input_shape)
+        if rank not in self.SUPPORTED_RANKS:
+            expected = " or ".join(
+                f"{r}-D {layout(r, self.data_format)}" for r in self.SUPPORTED_RANKS
+            )
             raise ValueError(
-                f"`inputs` of {type(self).__name__} must be 4-D {layout} for "
-                f"data_format={self.data_format!r}; got shape {input_shape} of rank "
-                f"{len(input_shape)}."
+                f"`inputs` of {type(self).__name__} must be {expected} for "
+                f"data_format={self.data_format!r}; got shape {input_shape} of rank {rank}."
             )
         channels = input_shape[self.channel_axis]
         if channels is None:
             raise ValueError(
                 f"The channel dimension of the `inputs` of {type(self).__name__} must be known "
-                f"when it is built (axis {self.channel_axis} of {layout}); got shape "
-                f"{input_shape}."
+                f"when it is built (axis {self.channel_axis} of {layout(rank, self.data_format)});"
+                f" got shape {input_shape}."
             )
-        self.input_spec = keras.InputSpec(ndim=4, axes={self.channel_axis: channels})
+        self.input_spec = keras.InputSpec(ndim=rank, axes={self.channel_axis: channels})
         return channels
+
+    def _float_inputs(self, inputs):
+        """Integer and boolean inputs cast to the layer's compute dtype.
+
+        Keras casts float inputs to the compute dtype and leaves integers alone; its Dense and
+        BatchNormalization then compute in float. The gates must too: a sigmoid in int32 truncates.
+        """
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(inputs.dtype)):
+            return inputs
+        return ops.cast(inputs, self.compute_dtype)
+
+    def _empty_outputs(self, inputs, return_attention_scores):
+        """Empty outputs (and scores) of the right shapes for a batch of zero, else None.
+
+        Keras' Dense and BatchNormalization return an empty batch for an empty batch; TensorFlow's
+        eager reductions and convolutions refuse one. Only a batch known to be empty (eager calls,
+        traced JAX) takes this path; a symbolic batch size computes as usual.
+        """
+        if inputs.shape[0] != 0:
+            return None
+
+        def zeros(shape):
+            return ops.zeros(shape, dtype=self.compute_dtype)
+
+        outputs = zeros(self.compute_output_shape(tuple(inputs.shape)))
+        if not return_attention_scores:
+            return outputs
+        scores_shape = self.compute_attention_scores_shape(tuple(inputs.shape))
+        return outputs, keras.tree.map_shape_structure(zeros, scores_shape)
 
     def _gate_dtype(self):
         """Dtype policy of the sub-layers that act on pooled descriptors.
@@ -107,14 +155,15 @@ class AttentionLayer(keras.layers.Layer):
         return self.dtype_policy
 
     def _channel_map_shape(self, input_shape):
-        """Shape of a per-channel map: (N, 1, 1, C) or (N, C, 1, 1)."""
+        """Shape of a per-channel map: the input's with every spatial size 1, as (N, 1, 1, C)."""
         channels = input_shape[self.channel_axis]
+        ones = (1,) * (len(input_shape) - 2)
         if self.data_format == "channels_last":
-            return (input_shape[0], 1, 1, channels)
-        return (input_shape[0], channels, 1, 1)
+            return (input_shape[0], *ones, channels)
+        return (input_shape[0], channels, *ones)
 
     def _spatial_map_shape(self, input_shape, channels=1):
-        """Shape of a spatial map with `channels` channels: (N, H, W, 1) or (N, 1, H, W)."""
+        """Shape of a spatial map with `channels` channels: (N, H, W, 1) or (N, 1, H, W) at rank 4."""
         shape = list(input_shape)
         shape[self.channel_axis] = channels
         return tuple(shape)

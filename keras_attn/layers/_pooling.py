@@ -12,7 +12,13 @@ def check_pool_types(pool_types):
     """Returns `pool_types` as a tuple of known names (a single string is one pool type)."""
     if isinstance(pool_types, str):
         pool_types = (pool_types,)
-    pool_types = tuple(pool_types)
+    try:
+        pool_types = tuple(pool_types)
+    except TypeError:
+        raise ValueError(
+            f"`pool_types` must be a pool name or a sequence of names from {POOL_TYPES}; "
+            f"got {pool_types!r}."
+        ) from None
     if not pool_types:
         raise ValueError(f"`pool_types` must name at least one of {POOL_TYPES}; got ().")
     unknown = [p for p in pool_types if p not in POOL_TYPES]
@@ -24,22 +30,26 @@ def check_pool_types(pool_types):
     return pool_types
 
 
-def _spatial_axes(data_format):
-    return (1, 2) if data_format == "channels_last" else (2, 3)
+def spatial_axes(data_format, rank):
+    """The spatial axes of a map of `rank` (3: length; 4: height, width; 5: depth, height,
+    width)."""
+    if data_format == "channels_last":
+        return tuple(range(1, rank - 1))
+    return tuple(range(2, rank))
 
 
 def channel_axis(data_format):
-    """The channel axis of a 4-D map: -1 for channels_last, 1 for channels_first."""
+    """The channel axis of a map: -1 for channels_last, 1 for channels_first."""
     return -1 if data_format == "channels_last" else 1
 
 
 def spatial_pool(x, pool_type, data_format):
-    """Pools a 4-D map over height and width into an (N, C) descriptor.
+    """Pools a map over every spatial axis into an (N, C) descriptor.
 
     "lp" is the L2 norm `sqrt(sum(x**2))`, what the authors' `F.lp_pool2d(x, 2, (H, W))` computes;
     "lse" is the log-sum-exp `m + log(sum(exp(x - m)))` with `m` the maximum, stable for any input.
     """
-    axes = _spatial_axes(data_format)
+    axes = spatial_axes(data_format, len(x.shape))
     if pool_type == "avg":
         return ops.mean(x, axis=axes)
     if pool_type == "max":
@@ -63,7 +73,9 @@ def channel_pool(x, data_format):
     )
 
 
-def as_channel_map(vector, data_format):
-    """Reshapes an (N, C) vector to (N, 1, 1, C) or (N, C, 1, 1), to broadcast over a map."""
-    axes = _spatial_axes(data_format)
-    return ops.expand_dims(ops.expand_dims(vector, axes[0]), axes[1])
+def as_channel_map(vector, data_format, rank):
+    """Reshapes an (N, C) vector to a map of `rank` with size-1 spatial axes: (N, 1, 1, C) or
+    (N, C, 1, 1) for rank 4, to broadcast over the map."""
+    for axis in spatial_axes(data_format, rank):
+        vector = ops.expand_dims(vector, axis)
+    return vector

@@ -7,6 +7,7 @@ from keras_attn.layers._base import (
     AttentionLayer,
     check_non_negative_int,
     check_positive_int,
+    conv_layer,
     upcast,
 )
 from keras_attn.layers._pooling import as_channel_map, spatial_pool
@@ -35,13 +36,18 @@ class BAMChannelGate(AttentionLayer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: passed to the BatchNormalization layers.
         return_attention_scores: if True, also return `sigmoid(logits)`, the gate alone.
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         `(batch, 1, 1, channels)` (channels_last) or `(batch, channels, 1, 1)`.
@@ -96,11 +102,15 @@ class BAMChannelGate(AttentionLayer):
         self.output_dense.build((None, width))
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         # A global mean over H and W: the authors' avg_pool2d(x, H) assumes H == W.
         hidden = spatial_pool(upcast(inputs), "avg", self.data_format)
         for dense, bn in zip(self.hidden_dense, self.hidden_bn):
             hidden = ops.relu(bn(dense(hidden), training=training))
-        logits = as_channel_map(self.output_dense(hidden), self.data_format)
+        logits = as_channel_map(self.output_dense(hidden), self.data_format, len(inputs.shape))
         outputs = ops.cast(logits, self.compute_dtype)
         if return_attention_scores:
             return outputs, ops.cast(ops.sigmoid(logits), self.compute_dtype)
@@ -143,13 +153,18 @@ class BAMSpatialGate(AttentionLayer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: passed to the BatchNormalization layers.
         return_attention_scores: if True, also return `sigmoid(logits)`, the gate alone.
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         `(batch, height, width, 1)` (channels_last) or `(batch, 1, height, width)`.
@@ -182,8 +197,8 @@ class BAMSpatialGate(AttentionLayer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
-    def _conv(self, filters, kernel_size, name, dilation_rate=1):
-        return keras.layers.Conv2D(
+    def _conv(self, rank, filters, kernel_size, name, dilation_rate=1):
+        return conv_layer(rank)(
             filters,
             kernel_size,
             padding="same",
@@ -203,22 +218,29 @@ class BAMSpatialGate(AttentionLayer):
         channels = self._check_input_shape(input_shape)
         hidden = max(1, channels // self.reduction_ratio)
         hidden_shape = self._spatial_map_shape(input_shape, channels=hidden)
-        self.reduce_conv = self._conv(hidden, 1, "reduce_conv")
+        rank = len(input_shape)
+        self.reduce_conv = self._conv(rank, hidden, 1, "reduce_conv")
         self.reduce_conv.build(input_shape)
         self.reduce_bn = self._bn("reduce_bn")
         self.reduce_bn.build(hidden_shape)
         self.dilated_convs, self.dilated_bns = [], []
         for i in range(self.num_dilated_convs):
-            conv = self._conv(hidden, 3, f"dilated_conv_{i}", dilation_rate=self.dilation_rate)
+            conv = self._conv(
+                rank, hidden, 3, f"dilated_conv_{i}", dilation_rate=self.dilation_rate
+            )
             conv.build(hidden_shape)
             bn = self._bn(f"dilated_bn_{i}")
             bn.build(hidden_shape)
             self.dilated_convs.append(conv)
             self.dilated_bns.append(bn)
-        self.output_conv = self._conv(1, 1, "output_conv")
+        self.output_conv = self._conv(rank, 1, 1, "output_conv")
         self.output_conv.build(hidden_shape)
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         hidden = ops.relu(self.reduce_bn(self.reduce_conv(inputs), training=training))
         for conv, bn in zip(self.dilated_convs, self.dilated_bns):
             hidden = ops.relu(bn(conv(hidden), training=training))
@@ -272,7 +294,7 @@ class BAM(AttentionLayer):
     Attributes: `channel_gate` (`BAMChannelGate`), `spatial_gate` (`BAMSpatialGate`), `fusion`.
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: passed to the gates' BatchNormalization layers.
         return_attention_scores: if True, also return a dict of maps: `"channel"` =
             sigmoid(channel logits), shape `(N, 1, 1, C)`; `"spatial"` = sigmoid(spatial logits),
@@ -281,8 +303,12 @@ class BAM(AttentionLayer):
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown
-        and differ.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown and differ. Integer and boolean inputs
+        are cast to the layer's compute dtype (float32 by default), as Keras' Dense does; an
+        empty batch gives an empty output. The shapes written above are for 4-D inputs; at
+        ranks 3 and 5 the spatial axes are those of the input.
 
     Output shape:
         Same as the input.
@@ -342,6 +368,10 @@ class BAM(AttentionLayer):
         self.spatial_gate.build(input_shape)
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         channel_logits = upcast(self.channel_gate(inputs, training=training))
         spatial_logits = upcast(self.spatial_gate(inputs, training=training))
         if self.fusion == "sum":

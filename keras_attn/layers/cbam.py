@@ -32,7 +32,7 @@ class CBAM(AttentionLayer):
     `spatial_attention` (a `SpatialAttention`, or None when `spatial=False`).
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: passed to the spatial gate's BatchNormalization.
         return_attention_scores: if True, also return a dict of the gates: `"channel"`, shape
             `(N, 1, 1, C)`, and (unless `spatial=False`) `"spatial"`, shape `(N, H, W, 1)`
@@ -40,7 +40,12 @@ class CBAM(AttentionLayer):
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         Same as the input.
@@ -108,6 +113,10 @@ class CBAM(AttentionLayer):
             self.spatial_attention.build(input_shape)
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         outputs, channel_gate = self.channel_attention(
             inputs, training=training, return_attention_scores=True
         )

@@ -41,14 +41,19 @@ class ECA(AttentionLayer):
     Attributes (after build): `conv`, the `Conv1D(1, k)` over the channel vector.
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: unused; accepted like every attention layer.
         return_attention_scores: if True, also return the gate, shape `(N, 1, 1, C)`
             (`(N, C, 1, 1)` for channels_first).
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         Same as the input.
@@ -100,9 +105,13 @@ class ECA(AttentionLayer):
         self.conv.build((None, channels, 1))
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         pooled = spatial_pool(upcast(inputs), "avg", self.data_format)
         logits = ops.squeeze(self.conv(ops.expand_dims(pooled, -1)), -1)
-        gate = as_channel_map(ops.sigmoid(logits), self.data_format)
+        gate = as_channel_map(ops.sigmoid(logits), self.data_format, len(inputs.shape))
         return self._apply_gate(inputs, gate, return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):

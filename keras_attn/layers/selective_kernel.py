@@ -33,6 +33,8 @@ class SelectiveKernel(AttentionLayer):
         bias_initializer: initializer of the selection Dense biases. Default `"zeros"`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
+    Unlike the other attention layers, it takes 2D feature maps only.
+
     Attributes (after build): `branch_convs`, `branch_bns` (lists, one per branch), `fuse_dense`
     (no bias: a BatchNormalization follows), `fuse_bn`, `select_dense` (list, one per branch).
 
@@ -45,6 +47,8 @@ class SelectiveKernel(AttentionLayer):
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
         `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        Integer and boolean inputs are cast to the layer's compute dtype (float32 by default);
+        an empty batch gives an empty output.
 
     Output shape:
         The input shape with `filters` channels.
@@ -58,6 +62,8 @@ class SelectiveKernel(AttentionLayer):
     Reference:
         Li et al., "Selective Kernel Networks", CVPR 2019.
     """
+
+    SUPPORTED_RANKS = (4,)
 
     def __init__(
         self,
@@ -144,6 +150,10 @@ class SelectiveKernel(AttentionLayer):
             self.select_dense.append(dense)
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         branches = [
             ops.relu(bn(conv(inputs), training=training))
             for conv, bn in zip(self.branch_convs, self.branch_bns)
@@ -160,7 +170,7 @@ class SelectiveKernel(AttentionLayer):
         weights = [ops.sigmoid(first - second), ops.sigmoid(second - first)]
         outputs = None
         for weight, branch in zip(weights, branches):
-            weight = ops.cast(as_channel_map(weight, self.data_format), branch.dtype)
+            weight = ops.cast(as_channel_map(weight, self.data_format, 4), branch.dtype)
             outputs = branch * weight if outputs is None else outputs + branch * weight
         if return_attention_scores:
             return outputs, ops.cast(ops.stack(weights, axis=1), self.compute_dtype)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_attn.layers._base import AttentionLayer, check_odd_kernel_size, upcast
+from keras_attn.layers._base import AttentionLayer, check_odd_kernel_size, conv_layer, upcast
 from keras_attn.layers._pooling import channel_pool
 
 
@@ -17,7 +17,8 @@ class SpatialAttention(AttentionLayer):
     `y = x * sigmoid(BN(conv([max_c(x), mean_c(x)])))`.
 
     Args:
-        kernel_size: positive odd int, the convolution's size ("same" padding). Default 7.
+        kernel_size: positive odd int, the convolution's size ("same" padding): `k`, `k x k`
+            or `k x k x k` for 1D, 2D or 3D inputs. Default 7.
         use_batchnorm: bool; False drops the BatchNormalization (the plain convolution of many
             blog versions). Default True.
         data_format: `"channels_last"` or `"channels_first"`; None (default) uses
@@ -26,14 +27,19 @@ class SpatialAttention(AttentionLayer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: passed to the BatchNormalization.
         return_attention_scores: if True, also return the gate, shape `(N, H, W, 1)`
             (`(N, 1, H, W)` for channels_first).
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         Same as the input.
@@ -66,7 +72,7 @@ class SpatialAttention(AttentionLayer):
         self._check_input_shape(input_shape)
         pooled_shape = self._spatial_map_shape(input_shape, channels=2)
         gate_dtype = self._gate_dtype()
-        self.conv = keras.layers.Conv2D(
+        self.conv = conv_layer(len(input_shape))(
             1,
             self.kernel_size,
             padding="same",
@@ -85,6 +91,10 @@ class SpatialAttention(AttentionLayer):
             self.bn.build(self._spatial_map_shape(input_shape))
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         logits = self.conv(channel_pool(upcast(inputs), self.data_format))
         if self.bn is not None:
             logits = self.bn(logits, training=training)

@@ -23,14 +23,19 @@ class SqueezeExcite(AttentionLayer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: the 4-D feature map.
+        inputs: the feature map (rank 3, 4 or 5).
         training: unused; accepted like every attention layer.
         return_attention_scores: if True, also return the gate, shape `(N, 1, 1, C)`
             (`(N, C, 1, 1)` for channels_first).
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
-        `(batch, channels, height, width)` (channels_first). Height and width may be unknown.
+        `(batch, channels, height, width)` (channels_first); also 3-D `(batch, length, channels)`
+        and 5-D `(batch, depth, height, width, channels)` (channels first: after the batch), the
+        rank taken at build. Spatial sizes may be unknown. Integer and boolean inputs are cast to
+        the layer's compute dtype (float32 by default), as Keras' Dense does; an empty batch
+        gives an empty output. The shapes written above are for 4-D inputs; at ranks 3 and 5
+        the spatial axes are those of the input.
 
     Output shape:
         Same as the input.
@@ -72,8 +77,14 @@ class SqueezeExcite(AttentionLayer):
         self.expand.build((None, hidden))
 
     def call(self, inputs, training=None, return_attention_scores=False):
+        inputs = self._float_inputs(inputs)
+        empty = self._empty_outputs(inputs, return_attention_scores)
+        if empty is not None:
+            return empty
         pooled = spatial_pool(upcast(inputs), "avg", self.data_format)
-        gate = as_channel_map(self.expand(self.reduce(pooled)), self.data_format)
+        gate = as_channel_map(
+            self.expand(self.reduce(pooled)), self.data_format, len(inputs.shape)
+        )
         return self._apply_gate(inputs, gate, return_attention_scores)
 
     def compute_attention_scores_shape(self, input_shape):

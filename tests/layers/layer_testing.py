@@ -17,7 +17,8 @@ from keras_attn import (
 
 # (batch, height, width, channels): tiny and non-square, so that a swapped H and W shows.
 INPUT_SHAPE = (2, 5, 7, 8)
-OTHER_SPATIAL = (6, 4)  # a second non-square size for the (None, None, C) checks
+# A second spatial size per input rank, for the (None, ..., C) checks; non-square for rank 4.
+OTHER_SPATIAL = {3: (6,), 4: (6, 4), 5: (3, 6, 4)}
 
 # One small configuration per layer that exercises its non-default paths.
 LAYER_CASES = {
@@ -61,11 +62,11 @@ def random_input(shape=INPUT_SHAPE, seed=0):
 
 
 def to_channels_first(x):
-    return np.transpose(x, (0, 3, 1, 2))
+    return np.moveaxis(x, -1, 1)
 
 
 def to_channels_last(x):
-    return np.transpose(x, (0, 2, 3, 1))
+    return np.moveaxis(x, 1, -1)
 
 
 def randomize_weights(layer, seed=0, scale=0.5):
@@ -89,7 +90,8 @@ def torch_linear(dense):
 
 
 def torch_conv(conv):
-    params = {"w": np.transpose(to_numpy(conv.kernel), (3, 2, 0, 1))}
+    # Keras (*kernel, in, out) -> PyTorch (out, in, *kernel), for 1D, 2D and 3D.
+    params = {"w": np.moveaxis(to_numpy(conv.kernel), (-1, -2), (0, 1))}
     if conv.use_bias:
         params["b"] = to_numpy(conv.bias)
     return params
@@ -121,12 +123,13 @@ def check_serialization(cls, init_kwargs):
 
 
 def run_layer_test(cls, init_kwargs, tmp_path, input_shape=INPUT_SHAPE):
-    """Serialization, eager and symbolic calls, `model.add` in a Sequential with (None, None, C)
-    input, one training step that moves every variable, two non-square sizes, and `.keras`
-    save -> load with identical outputs."""
+    """Serialization, eager and symbolic calls, `model.add` in a Sequential with (None, ..., C)
+    input, one training step that moves every variable, two spatial sizes, and `.keras`
+    save -> load with identical outputs. `input_shape` is channels_last, of rank 3, 4 or 5."""
     check_serialization(cls, init_kwargs)
     x = random_input(input_shape)
-    other_shape = (input_shape[0], *OTHER_SPATIAL, input_shape[3])
+    rank, channels = len(input_shape), input_shape[-1]
+    other_shape = (input_shape[0], *OTHER_SPATIAL[rank], channels)
     x_other = random_input(other_shape, seed=1)
 
     eager = cls(**init_kwargs)
@@ -134,9 +137,10 @@ def run_layer_test(cls, init_kwargs, tmp_path, input_shape=INPUT_SHAPE):
     assert y.shape == eager.compute_output_shape(x.shape)
     assert y.dtype == np.float32 and np.isfinite(y).all()
 
-    model = keras.Sequential([keras.Input((None, None, input_shape[3]))])
+    unknown_spatial = (None,) * (rank - 2)
+    model = keras.Sequential([keras.Input((*unknown_spatial, channels))])
     model.add(cls(**init_kwargs))
-    expected = cls(**init_kwargs).compute_output_shape((None, None, None, input_shape[3]))
+    expected = cls(**init_kwargs).compute_output_shape((None, *unknown_spatial, channels))
     assert model.output_shape == expected
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")

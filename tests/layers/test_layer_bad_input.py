@@ -1,6 +1,8 @@
 """Bad arguments and inputs fail early with a ValueError naming the argument, the expectation and
 what came."""
 
+import re
+
 import keras
 import pytest
 
@@ -68,11 +70,31 @@ def test_unknown_data_format(cls):
         cls(data_format="NHWC")
 
 
-@pytest.mark.parametrize("cls", ALL_LAYERS)
-def test_input_rank_must_be_4(cls):
-    message = r"`inputs` of \w+ must be 4-D .*; got shape \(2, 5, 8\) of rank 3"
+@pytest.mark.parametrize("cls", [c for c in ALL_LAYERS if c is not SelectiveKernel])
+@pytest.mark.parametrize("shape", [(2, 8), (2, 3, 3, 3, 3, 8)])
+def test_input_rank_must_be_3_4_or_5(cls, shape):
+    message = (
+        r"`inputs` of \w+ must be 3-D \(batch, length, channels\) or 4-D \(batch, height, "
+        r"width, channels\) or 5-D \(batch, depth, height, width, channels\) for "
+        rf"data_format='channels_last'; got shape {re.escape(str(shape))} of rank {len(shape)}"
+    )
     with pytest.raises(ValueError, match=message):
-        cls().build((2, 5, 8))
+        cls().build(shape)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8), (2, 3, 3, 3, 8)])
+def test_selective_kernel_input_rank_must_be_4(shape):
+    message = rf"`inputs` of SelectiveKernel must be 4-D .*; got shape .* of rank {len(shape)}"
+    with pytest.raises(ValueError, match=message):
+        SelectiveKernel().build(shape)
+
+
+@pytest.mark.parametrize("cls", [ChannelAttention, CBAM])
+@pytest.mark.parametrize("value", [None, 3])
+def test_pool_types_must_be_names(cls, value):
+    message = rf"`pool_types` must be a pool name or a sequence of names from .*; got {value}"
+    with pytest.raises(ValueError, match=message):
+        cls(pool_types=value)
 
 
 @pytest.mark.parametrize("cls", ALL_LAYERS)
