@@ -17,17 +17,26 @@ pub const MIN_PARALLEL_ELEMS: usize = 1 << 14;
 pub struct Exec {
     pub level: Level,
     pub threads: usize,
+    /// The workers spin a while after the call, ready for the next (see [`Team::region`]):
+    /// for calls from Python, made in loops; not inside LiteRT, whose own threads need the
+    /// cores between our ops.
+    pub linger: bool,
 }
 
 impl Exec {
     /// `threads = None` means every core.
     pub fn new(level: Level, threads: Option<usize>) -> Exec {
-        Exec { level, threads: threads.unwrap_or_else(all_cores).max(1) }
+        Exec { level, threads: threads.unwrap_or_else(all_cores).max(1), linger: false }
     }
 
     /// One thread at the active SIMD level.
     pub fn single() -> Exec {
-        Exec { level: Level::active(), threads: 1 }
+        Exec { level: Level::active(), threads: 1, linger: false }
+    }
+
+    /// The same call with lingering workers (see [`Exec::linger`]).
+    pub fn lingering(self) -> Exec {
+        Exec { linger: true, ..self }
     }
 
     /// The same level on one thread (for work inside an already parallel loop).
@@ -48,7 +57,7 @@ impl Exec {
     /// ([`Exec::map`]) share their parts without waking the workers each time.
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
         match self.team() {
-            Some(team) => team.region(f),
+            Some(team) => team.region(self.linger, f),
             None => f(),
         }
     }
@@ -66,7 +75,7 @@ impl Exec {
             let part = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each part runs once");
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(part));
         };
-        team.region(|| team.run(slots.len(), &chunk));
+        team.region(self.linger, || team.run(slots.len(), &chunk));
         results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every part ran")).collect()
     }
 

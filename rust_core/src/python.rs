@@ -23,7 +23,8 @@ fn value_error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
 }
 
-/// The run settings from the `threads` and `simd` arguments.
+/// The run settings from the `threads` and `simd` arguments (lingering workers: Python callers
+/// call in loops).
 fn exec(threads: Option<usize>, simd: Option<&str>) -> PyResult<Exec> {
     if threads == Some(0) {
         return Err(value_error("`threads` must be a positive int or None (all cores); got 0"));
@@ -32,7 +33,7 @@ fn exec(threads: Option<usize>, simd: Option<&str>) -> PyResult<Exec> {
         Some(name) => Level::from_name(name).map_err(value_error)?,
         None => Level::active(),
     };
-    Ok(Exec::new(level, threads))
+    Ok(Exec::new(level, threads).lingering())
 }
 
 fn layout(data_format: &str) -> PyResult<Layout> {

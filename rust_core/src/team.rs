@@ -48,12 +48,26 @@ pub struct Team {
     panicked: AtomicBool,
     /// A region is open: idle workers spin instead of parking.
     open: AtomicBool,
+    /// Idle workers keep spinning until this time ([`now_ns`]) after a lingering region
+    /// closed (see [`Team::region`]).
+    linger_until: AtomicU64,
     workers: Vec<Worker>,
 }
 
 thread_local! {
     /// The team whose region this thread holds, if any.
     static HELD: Cell<Option<&'static Team>> = const { Cell::new(None) };
+}
+
+/// How long idle workers keep spinning after a lingering region: enough to catch the next call
+/// of a caller that calls in a loop, where waking a parked worker (tens of microseconds on a
+/// virtual machine's idle core) would cost about as much as a small call.
+const LINGER_NS: u64 = 200_000;
+
+/// Nanoseconds since the first call (a monotonic clock).
+fn now_ns() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
 }
 
 fn unpack(state: u64) -> (u64, usize, usize) {
@@ -81,6 +95,7 @@ impl Team {
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             open: AtomicBool::new(false),
+            linger_until: AtomicU64::new(0),
             workers: Vec::new(),
         });
         // The team lives for the rest of the process: workers hold it by reference.
@@ -120,7 +135,7 @@ impl Team {
                 spins = 0;
                 continue;
             }
-            if self.open.load(Acquire) && spins < REGION_SPINS {
+            if (self.open.load(Acquire) && spins < REGION_SPINS) || now_ns() < self.linger_until.load(Relaxed) {
                 spins += 1;
                 std::hint::spin_loop();
                 continue;
@@ -174,7 +189,10 @@ impl Team {
 
     /// Runs `f` on this thread with the team's region held, so that [`run`] calls inside it use
     /// the workers; `f` alone, without the team, when another thread holds the region.
-    pub fn region<R>(&'static self, f: impl FnOnce() -> R) -> R {
+    /// `linger`: the workers keep spinning for a while after the region, ready for the next
+    /// one, rather than park at once (which leaves their cores to other work, such as XNNPACK's
+    /// threads after a fused op).
+    pub fn region<R>(&'static self, linger: bool, f: impl FnOnce() -> R) -> R {
         if HELD.get().is_some() {
             return f();
         }
@@ -184,14 +202,15 @@ impl Team {
         HELD.set(Some(self));
         self.open.store(true, SeqCst);
         self.wake();
-        struct Close(&'static Team);
+        struct Close(&'static Team, bool);
         impl Drop for Close {
             fn drop(&mut self) {
+                self.0.linger_until.store(if self.1 { now_ns() + LINGER_NS } else { 0 }, Relaxed);
                 self.0.open.store(false, SeqCst);
                 HELD.set(None);
             }
         }
-        let _close = Close(self);
+        let _close = Close(self, linger);
         f()
     }
 
@@ -244,7 +263,7 @@ mod tests {
                 }
             };
             if inside {
-                team.region(go);
+                team.region(false, go);
             } else {
                 go();
             }
@@ -260,7 +279,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..100 {
-                        team.region(|| team.run(64, &|_| {
+                        team.region(false, || team.run(64, &|_| {
                             total.fetch_add(1, Relaxed);
                         }));
                     }
@@ -268,11 +287,11 @@ mod tests {
             }
         });
         assert_eq!(total.load(Relaxed), 4 * 100 * 64);
-        let caught = panic::catch_unwind(|| team.region(|| team.run(8, &|i| assert!(i != 5, "chunk 5"))));
+        let caught = panic::catch_unwind(|| team.region(true, || team.run(8, &|i| assert!(i != 5, "chunk 5"))));
         assert!(caught.is_err());
         // The team still works after a panic.
         let after = AtomicUsize::new(0);
-        team.region(|| team.run(8, &|_| {
+        team.region(false, || team.run(8, &|_| {
             after.fetch_add(1, Relaxed);
         }));
         assert_eq!(after.load(Relaxed), 8);

@@ -5,8 +5,8 @@
 //! read, which halves the speed on AVX-512; instead a tile of rows is reduced with the sums and
 //! maxima of a few vectors held in registers, and only the tile's result is added to memory.
 //! Accuracy: sequential within a tile ([`TILE_ROWS`]), sequential over the tiles of a leaf
-//! ([`LEAF_ROWS`]), pairwise over leaves. Threads split the columns (or, for narrow rows, the
-//! leaves), so the result does not depend on the thread count.
+//! ([`LEAF_ROWS`]), pairwise over leaves. Threads split the tree's top levels (or, for few
+//! rows, the columns), so the result does not depend on the thread count.
 
 use crate::exec::Exec;
 use crate::simd::prefetch;
@@ -42,32 +42,46 @@ pub(crate) fn columns(
 ) {
     let prefetch = from_memory && TILE_ROWS * row_len <= PREFETCH_MAX_TILE;
     let matrix = Matrix { x, row_len, row_scale, prefetch };
-    let split_columns = exec.splits(x.len()) && row_len >= 2 * COLUMN_ALIGN;
-    if split_columns {
+    let rows = matrix.rows();
+    // Bands of whole rows where there are enough (each thread then streams one contiguous part
+    // of the map; split columns interleave the threads' reads within every row) or too few
+    // columns to share.
+    let split_rows = exec.splits(x.len()) && (rows >= 2 * LEAF_ROWS * exec.threads || (row_len < 2 * COLUMN_ALIGN && rows > LEAF_ROWS));
+    if split_rows {
+        // The tree's top levels: bands that are its subtrees at one depth, reduced in parallel,
+        // then combined pairwise as the tree does; so the result is the same on any thread count.
+        let mut bands = vec![0..rows];
+        while bands.len() < exec.threads && bands.iter().all(|b| b.len() > LEAF_ROWS) {
+            bands = bands.into_iter().flat_map(|b| [b.start..b.start + b.len() / 2, b.start + b.len() / 2..b.end]).collect();
+        }
+        let mut partial = exec.map(bands, |rows| {
+            let (mut sum, mut max) = (vec![0.0; row_len], vec![0.0; row_len]);
+            matrix.tree(exec.serial(), rows, 0..row_len, &mut sum, &mut max);
+            (sum, max)
+        });
+        while partial.len() > 1 {
+            partial = partial
+                .chunks_exact_mut(2)
+                .map(|pair| {
+                    let [(sum, max), (right_sum, right_max)] = pair else { unreachable!("pairs of two") };
+                    combine(sum, max, right_sum, right_max);
+                    (std::mem::take(sum), std::mem::take(max))
+                })
+                .collect();
+        }
+        let (total_sum, total_max) = partial.pop().expect("one band at least");
+        sum.copy_from_slice(&total_sum);
+        max.copy_from_slice(&total_max);
+    } else if exec.splits(x.len()) && row_len >= 2 * COLUMN_ALIGN {
         let width = row_len.div_ceil(exec.threads).next_multiple_of(COLUMN_ALIGN);
         let serial = exec.serial();
         let parts: Vec<_> = sum.chunks_mut(width).zip(max.chunks_mut(width)).enumerate().collect();
         exec.map(parts, |(i, (sum, max))| {
             let cols = i * width..i * width + sum.len();
-            matrix.tree(serial, 0..matrix.rows(), cols, sum, max);
+            matrix.tree(serial, 0..rows, cols, sum, max);
         });
-    } else if exec.splits(x.len()) && matrix.rows() >= 2 * LEAF_ROWS {
-        // Too few columns to share: each thread takes a band of rows, then the bands combine.
-        let bands = exec.ranges(matrix.rows(), LEAF_ROWS);
-        let partial = exec.map(bands, |rows| {
-            let (mut sum, mut max) = (vec![0.0; row_len], vec![0.0; row_len]);
-            matrix.tree(exec.serial(), rows, 0..row_len, &mut sum, &mut max);
-            (sum, max)
-        });
-        let mut partial = partial.into_iter();
-        let (first_sum, first_max) = partial.next().expect("at least one band");
-        sum.copy_from_slice(&first_sum);
-        max.copy_from_slice(&first_max);
-        for (band_sum, band_max) in partial {
-            combine(sum, max, &band_sum, &band_max);
-        }
     } else {
-        matrix.tree(exec.serial(), 0..matrix.rows(), 0..row_len, sum, max);
+        matrix.tree(exec.serial(), 0..rows, 0..row_len, sum, max);
     }
     matrix.fix_nan_max(sum, max);
 }
