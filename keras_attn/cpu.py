@@ -9,6 +9,10 @@ to apply both gates). No TensorFlow or Keras runs at call time.
 
 Supported layers: `ChannelAttention` (pool types "avg" and/or "max"), `SpatialAttention`,
 `CBAM`, `BAM` and `SqueezeExcite`. Computation is float32 whatever the layer's dtype policy.
+Layers built for 2D maps (4-D inputs) all compile; for 1D and 3D maps (3-D and 5-D inputs) the
+channel gates compile (`ChannelAttention`, `SqueezeExcite`, `CBAM(spatial=False)`): they pool
+over every spatial axis, so the map runs as a 2D map of its flattened positions. Blocks with a
+spatial convolution refuse 1D and 3D layers.
 
 Example:
 >>> layer = keras_attn.CBAM(reduction_ratio=8)
@@ -18,6 +22,8 @@ Example:
 >>> np.allclose(run(x), layer(x, training=False), atol=1e-5)
 True
 """
+
+import math
 
 import numpy as np
 
@@ -31,20 +37,21 @@ class CompiledBlock:
     """A built attention layer compiled to Rust: call it on a 4-D float NumPy array.
 
     Args (of the call):
-        x: 4-D float array in the layer's `data_format`, with the layer's channel count. A
-            C-contiguous float32 array is read without a copy; other float arrays are converted
-            once.
+        x: float array of the layer's input rank (4-D for 2D maps) in its `data_format`, with
+            the layer's channel count. A C-contiguous float32 array is read without a copy;
+            other float arrays are converted once.
         threads: number of threads, None for the value given to `compile` (default: every core).
 
     Returns:
         A new float32 array, the block's output (as the layer in inference mode).
     """
 
-    def __init__(self, block, data_format, threads, name):
+    def __init__(self, block, data_format, threads, name, rank=4):
         self._block = block
         self.data_format = data_format
         self.threads = threads
         self.name = name
+        self.rank = rank
 
     @property
     def channels(self):
@@ -52,15 +59,34 @@ class CompiledBlock:
         return self._block.channels
 
     def __call__(self, x, threads=None, *, _simd=None):
+        shape = None
+        if self.rank != 4:
+            x, shape = self._as_2d_map(x)
         x = as_float32_map(x)
         axis = -1 if self.data_format == "channels_last" else 1
         if x.shape[axis] != self.channels:
             raise ValueError(
                 f"`x` must have {self.channels} channels (what {self.name} was built for) on "
-                f"axis {axis} ({self.data_format}); got shape {x.shape}."
+                f"axis {axis} ({self.data_format}); got shape {shape or x.shape}."
             )
         threads = check_threads(threads) if threads is not None else self.threads
-        return self._block(x, self.data_format, threads, _simd)
+        y = self._block(x, self.data_format, threads, _simd)
+        return y if shape is None else y.reshape(shape)
+
+    def _as_2d_map(self, x):
+        """A 1D or 3D map as the 2D map (N, 1, positions, C) or (N, C, 1, positions) that a
+        channel gate treats the same, and the original shape."""
+        array = np.asarray(x)
+        if array.ndim != self.rank:
+            raise ValueError(
+                f"`x` must be a {self.rank}-D map (what {self.name} was built for); got shape "
+                f"{array.shape} (rank {array.ndim})."
+            )
+        if self.data_format == "channels_last":
+            n, *spatial, channels = array.shape
+            return array.reshape(n, 1, math.prod(spatial), channels), array.shape
+        n, channels, *spatial = array.shape
+        return array.reshape(n, channels, 1, math.prod(spatial)), array.shape
 
     def __repr__(self):
         return f"CompiledBlock({self.name}, channels={self.channels}, {self.data_format})"
@@ -79,7 +105,8 @@ def compile(layer, threads=None):  # noqa: A001 - the public API name
     Raises:
         TypeError: for another kind of layer.
         ValueError: for a layer that is not built yet, or an option the Rust path lacks
-            (ChannelAttention pool types other than "avg" and "max").
+            (ChannelAttention pool types other than "avg" and "max"; a spatial gate built for
+            1D or 3D maps).
     """
     from keras_attn import layers
 
@@ -97,11 +124,31 @@ def compile(layer, threads=None):  # noqa: A001 - the public API name
                     f"keras_attn.cpu.compile needs a built layer; {layer.name} is not built yet "
                     "(call it on an input or call `layer.build(input_shape)` first)."
                 )
-            return CompiledBlock(build(layer), layer.data_format, check_threads(threads), layer.name)
+            rank = _check_rank(layer)
+            return CompiledBlock(
+                build(layer), layer.data_format, check_threads(threads), layer.name, rank
+            )
     supported = ", ".join(kind.__name__ for kind, _ in compilers)
     raise TypeError(
         f"keras_attn.cpu.compile supports {supported}; got {type(layer).__name__}."
     )
+
+
+def _check_rank(layer):
+    """The layer's input rank; only channel gates run on 1D and 3D maps."""
+    from keras_attn import layers
+
+    rank = layer.input_spec.ndim
+    channel_only = isinstance(layer, (layers.ChannelAttention, layers.SqueezeExcite)) or (
+        isinstance(layer, layers.CBAM) and layer.spatial_attention is None
+    )
+    if rank != 4 and not channel_only:
+        raise ValueError(
+            f"keras_attn.cpu.compile runs {type(layer).__name__} on 2D maps (4-D inputs) only; "
+            f"{layer.name} was built for {rank}-D inputs. On 1D and 3D maps it compiles "
+            "ChannelAttention, SqueezeExcite and CBAM(spatial=False)."
+        )
+    return rank
 
 
 def _numpy(variable):

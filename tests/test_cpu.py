@@ -109,3 +109,35 @@ def test_bad_input_is_an_error():
     layer = randomized(keras_attn.SqueezeExcite(), random_input("channels_last"))
     with pytest.raises(TypeError, match="floating-point array"):
         cpu.compile(layer)(np.ones((2, 9, 11, 32), np.int8))
+
+
+# channels_last shapes of 1D and 3D maps
+RANKED_SHAPES = {3: (2, 13, 32), 5: (2, 3, 4, 5, 32)}
+CHANNEL_GATES = ("cbam_no_spatial", "channel_avg", "channel_max", "squeeze_excite")
+
+
+@pytest.mark.parametrize("data_format", LAYOUTS)
+@pytest.mark.parametrize("rank", sorted(RANKED_SHAPES))
+@pytest.mark.parametrize("name", CHANNEL_GATES)
+def test_channel_gates_compile_for_1d_and_3d_maps(name, rank, data_format):
+    x = np.random.default_rng(1).normal(size=RANKED_SHAPES[rank]).astype(np.float32)
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    layer = randomized(LAYERS[name](data_format), x)
+    run = cpu.compile(layer)
+    got = run(x)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, np.asarray(layer(x, training=False)), atol=1e-5, rtol=1e-5)
+    message = rf"`x` must be a {rank}-D map .*; got shape \(2, 5, 5, 32\)"
+    with pytest.raises(ValueError, match=message):
+        run(np.zeros((2, 5, 5, 32), np.float32))
+
+
+@pytest.mark.parametrize("rank", sorted(RANKED_SHAPES))
+@pytest.mark.parametrize("name", ["cbam", "spatial", "bam_sum"])
+def test_spatial_gates_on_1d_and_3d_maps_are_refused(name, rank):
+    layer = LAYERS[name]("channels_last")
+    layer.build(RANKED_SHAPES[rank])
+    message = rf"runs \w+ on 2D maps \(4-D inputs\) only; .* built for {rank}-D inputs"
+    with pytest.raises(ValueError, match=message):
+        cpu.compile(layer)
