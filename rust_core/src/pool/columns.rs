@@ -51,7 +51,9 @@ pub(crate) fn columns(
         // The tree's top levels: bands that are its subtrees at one depth, reduced in parallel,
         // then combined pairwise as the tree does; so the result is the same on any thread count.
         let mut bands = vec![0..rows];
-        while bands.len() < exec.threads && bands.iter().all(|b| b.len() > LEAF_ROWS) {
+        // A few bands per thread, claimed as the threads come: a worker that wakes late takes
+        // fewer of them.
+        while bands.len() < 4 * exec.threads && bands.iter().all(|b| b.len() > LEAF_ROWS) {
             bands = bands.into_iter().flat_map(|b| [b.start..b.start + b.len() / 2, b.start + b.len() / 2..b.end]).collect();
         }
         let mut partial = exec.map(bands, |rows| {
