@@ -47,7 +47,7 @@ def test_writes_everything_under_out(demo):
 def test_prints_both_tables(demo):
     _, printed, results, _ = demo
     for text in ("no attention", "CBAM", "BAM", "params", "test accuracy", "train step (ms)",
-                 "agrees w/ Keras", "int8", "float32"):
+                 "agrees w/ Keras", "cosine w/ Keras", "int8", "float32"):
         assert text in printed
     assert f"{results['models']['cbam']['params']:,}" in printed
 
@@ -60,6 +60,7 @@ def test_litert_models_match_keras(demo):
         assert model["params"] > 0 and model["train_step_ms"] > 0
         f32, int8 = model["litert_float32"], model["litert_int8"]
         assert f32["max_abs_diff"] < 1e-4 and f32["agreement"] == 1.0, name
+        assert f32["cosine"] > 0.99999 and 0.9 < int8["cosine"] <= 1.0 + 1e-9, name
         assert f32["accuracy"] == pytest.approx(model["accuracy"])
         assert f32["fully_delegated"] and int8["fully_delegated"], name
         assert int8["size_bytes"] < f32["size_bytes"] / 1.5, name

@@ -242,3 +242,33 @@ def test_batch_size(model, tmp_path):
 def test_not_a_model(tmp_path):
     with pytest.raises(TypeError, match=r"`model` must be a keras.Model; got Dense"):
         to_tflite(keras.layers.Dense(2), tmp_path / "m.tflite")
+
+
+@pytest.mark.slow
+def test_int8_report_compares_with_keras(model, data, tmp_path):
+    labels = np.arange(16) % 3
+    report = to_tflite(model, tmp_path / "int8.tflite", "int8", representative_data=data[:32],
+                       validation_data=(data[32:], labels))
+    got, expected = LiteRTModel(report.path)(data[32:]), model.predict(data[32:], verbose=0)
+    agreement = report.agreement
+    assert (agreement.samples, agreement.on_calibration_data) == (16, False)
+    assert agreement.cosine == pytest.approx(cosine(got, expected), abs=1e-9)
+    assert agreement.top1_agreement == np.mean(got.argmax(1) == expected.argmax(1))
+    assert agreement.litert_accuracy == np.mean(got.argmax(1) == labels)
+    assert agreement.keras_accuracy == np.mean(expected.argmax(1) == labels)
+    assert f"cosine {agreement.cosine:.4f}" in str(report)
+    # Without validation data: the first 32 calibration samples.
+    default = to_tflite(model, tmp_path / "d.tflite", "int8", representative_data=data[:40])
+    assert (default.agreement.samples, default.agreement.on_calibration_data) == (32, True)
+    assert default.agreement.keras_accuracy is None
+    assert to_tflite(model, tmp_path / "f32.tflite").agreement is None
+
+
+def test_bad_validation_data(model, data, tmp_path):
+    with pytest.raises(ValueError, match="`validation_data`: 3 labels for 8 samples"):
+        to_tflite(model, tmp_path / "a.tflite", validation_data=(data[:8], [0, 1, 2]))
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        to_tflite(model, tmp_path / "b.tflite", validation_data=(data[:8], np.zeros(8)))
+    with pytest.raises(ValueError, match=r"`validation_data` must have shape \(num_samples, 12"):
+        to_tflite(model, tmp_path / "c.tflite", validation_data=data[:8, :6])
+    assert os.listdir(tmp_path) == []

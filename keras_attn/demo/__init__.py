@@ -17,6 +17,7 @@ from keras_attn.demo.data import load_digits_images
 from keras_attn.demo.plots import save_attention_maps
 from keras_attn.demo.report import litert_table, training_table
 from keras_attn.export import LiteRTModel, to_saved_model, to_tflite
+from keras_attn.export._agreement import cosine
 
 VARIANTS = {"plain": None, "cbam": "cbam", "bam": "bam"}
 LABELS = {"plain": "no attention", "cbam": "CBAM", "bam": "BAM"}
@@ -100,6 +101,7 @@ def _litert_figures(path, x_test, y_test, keras_logits):
     return {
         "accuracy": float((predicted == y_test).mean()),
         "agreement": float((predicted == keras_logits.argmax(axis=1)).mean()),
+        "cosine": cosine(logits, keras_logits),
         "max_abs_diff": float(np.abs(logits - keras_logits).max()),
         "ms_per_image": 1000 * float(np.median(seconds)),
         "xnnpack_partitions": runner.delegate_partitions,

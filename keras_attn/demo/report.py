@@ -31,9 +31,9 @@ def litert_table(results):
             rows.append([
                 m["label"], quantization, f"{r['size_bytes'] / 1024:.1f}",
                 f"{100 * r['accuracy']:.1f}%", f"{100 * r['agreement']:.1f}%",
-                f"{r['max_abs_diff']:.1e}", f"{r['ms_per_image']:.3f}",
+                f"{r['cosine']:.4f}", f"{r['max_abs_diff']:.1e}", f"{r['ms_per_image']:.3f}",
                 "whole" if r["fully_delegated"] else f"{r['xnnpack_partitions']} parts",
             ])
-    header = ["model", "format", "KiB", "accuracy", "agrees w/ Keras", "max |d logit|",
-              "ms/image (1 thread)", "XNNPACK"]
+    header = ["model", "format", "KiB", "accuracy", "top-1 agrees w/ Keras", "cosine w/ Keras",
+              "max |d logit|", "ms/image (1 thread)", "XNNPACK"]
     return "\nLiteRT (ai_edge_litert interpreter, XNNPACK)\n" + _table(header, rows)

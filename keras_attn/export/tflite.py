@@ -8,7 +8,11 @@ import warnings
 
 import numpy as np
 
+from keras_attn.export._agreement import (
+    CALIBRATION_SAMPLES, Agreement, measure, split_validation_data,
+)
 from keras_attn.export._files import atomic_output, check_target
+from keras_attn.export._int8_forms import int8_forms
 from keras_attn.export._ranges import widen_empty_ranges
 from keras_attn.export.flatbuffer import read_tflite
 from keras_attn.export.saved_model import check_model
@@ -28,6 +32,9 @@ class TFLiteReport:
         op_counts: `{op name: count}`, most frequent first.
         input_dtypes: dtype names of the model inputs, e.g. `("int8",)`.
         output_dtypes: dtype names of the model outputs.
+        agreement: for int8 (and any quantization given `validation_data`): an `Agreement`,
+            the LiteRT model's outputs against Keras' (cosine, top-1 agreement, accuracy with
+            labels); None when not measured.
     """
 
     path: str
@@ -36,14 +43,16 @@ class TFLiteReport:
     op_counts: dict
     input_dtypes: tuple
     output_dtypes: tuple
+    agreement: Agreement | None = None
 
     def __str__(self):
         ops = ", ".join(f"{name} x{count}" for name, count in self.op_counts.items())
-        return (
+        text = (
             f"{os.path.basename(self.path)}: {self.size_bytes:,} bytes, "
             f"quantization={self.quantization}, inputs {'/'.join(self.input_dtypes)}, "
             f"outputs {'/'.join(self.output_dtypes)}; {sum(self.op_counts.values())} ops: {ops}"
         )
+        return text if self.agreement is None else f"{text}\n{self.agreement}"
 
 
 def _input_signature(model, batch_size):
@@ -88,23 +97,17 @@ def _first_non_finite(array, name):
         )
 
 
-def _calibration_batches(representative_data, signature):
-    """Validates `representative_data` (one real, finite, non-empty array per model input, shaped
-    like it) and returns a generator function over its batches. Every int8 export, builtin or
-    fused, calibrates through this function."""
-    arrays = (
-        list(representative_data)
-        if isinstance(representative_data, (list, tuple))
-        else [representative_data]
-    )
+def _sample_arrays(data, signature, argument):
+    """Validates `data` (one real, finite, non-empty array of samples per model input, shaped
+    like it; `argument` names it in errors) and returns it as a list of float32 arrays."""
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
     if len(arrays) != len(signature):
         raise ValueError(
-            f"`representative_data` must hold one array per model input ({len(signature)}); "
+            f"`{argument}` must hold one array per model input ({len(signature)}); "
             f"got {len(arrays)}."
         )
     several = len(arrays) > 1
-    names = [f"`representative_data[{i}]`" if several else "`representative_data`"
-             for i in range(len(arrays))]
+    names = [f"`{argument}[{i}]`" if several else f"`{argument}`" for i in range(len(arrays))]
     arrays = [_calibration_array(a, name) for a, name in zip(arrays, names)]
     for a, spec in zip(arrays, signature):
         expected = tuple(spec.shape)[1:]
@@ -112,15 +115,15 @@ def _calibration_batches(representative_data, signature):
             e is not None and e != g for e, g in zip(expected, a.shape[1:])
         ):
             raise ValueError(
-                f"`representative_data` must have shape (num_samples, "
+                f"`{argument}` must have shape (num_samples, "
                 f"{', '.join(str(d) for d in expected)}); got {a.shape}."
             )
     count = len(arrays[0])
     if any(len(a) != count for a in arrays):
-        raise ValueError("`representative_data`: every input needs the same number of samples.")
+        raise ValueError(f"`{argument}`: every input needs the same number of samples.")
     if count == 0 or arrays[0][0].size == 0:
         raise ValueError(
-            f"`representative_data` is empty (shape {arrays[0].shape}); pass a few hundred "
+            f"`{argument}` is empty (shape {arrays[0].shape}); pass a few hundred "
             "typical inputs."
         )
     for a, name in zip(arrays, names):
@@ -128,14 +131,59 @@ def _calibration_batches(representative_data, signature):
     batch = signature[0].shape[0] or 1
     if count < batch:
         raise ValueError(
-            f"`representative_data` needs at least one full batch ({batch} samples); got {count}."
+            f"`{argument}` needs at least one full batch ({batch} samples); got {count}."
         )
+    return arrays
+
+
+def _calibration_batches(representative_data, signature):
+    """Validates `representative_data` and returns a generator function over its batches.
+    Every int8 export, builtin or fused, calibrates through this function."""
+    arrays = _sample_arrays(representative_data, signature, "representative_data")
+    batch, count = signature[0].shape[0] or 1, len(arrays[0])
 
     def batches():
         for start in range(0, count - batch + 1, batch):
             yield [a[start : start + batch] for a in arrays]
 
     return batches
+
+
+def _agreement_samples(validation_data, representative_data, quantization, signature):
+    """`(input arrays, labels, on calibration data)` to compare the export on, or None."""
+    if validation_data is not None:
+        inputs, labels = split_validation_data(validation_data)
+        arrays = _sample_arrays(inputs, signature, "validation_data")
+        if labels is not None and len(labels) != len(arrays[0]):
+            raise ValueError(
+                f"`validation_data`: {len(labels)} labels for {len(arrays[0])} samples."
+            )
+        return arrays, labels, False
+    if quantization != "int8":
+        return None
+    arrays = _sample_arrays(representative_data, signature, "representative_data")
+    batch = signature[0].shape[0] or 1
+    count = max(batch, CALIBRATION_SAMPLES // batch * batch)
+    return [a[:count] for a in arrays], None, True
+
+
+def _can_measure(validation_data, fused_attention, io_dtype):
+    """Whether the export can be run here to compare it with Keras; `validation_data` asks
+    for it, so a missing LiteRT is then an error rather than a silent skip."""
+    if fused_attention and io_dtype == "int8":  # the fused runtime takes quantized inputs
+        if validation_data is not None:
+            raise ValueError(
+                "`validation_data` needs io_dtype='float32' with fused_attention: the fused "
+                "runtime takes already quantized int8 inputs."
+            )
+        return False
+    if validation_data is not None:
+        return True
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _converter_options(quantization, calibration, io_dtype, signature):
@@ -209,6 +257,7 @@ def to_tflite(
     batch_size=1,
     input_signature=None,
     fused_attention=False,
+    validation_data=None,
 ):
     """Converts `model` to a LiteRT (TFLite) model that uses builtin ops only.
 
@@ -251,9 +300,15 @@ def to_tflite(
             callable `f(layer, input_shape) -> bool` only the blocks it accepts (e.g. those on
             large maps: see docs/benchmarks.md); the others stay builtin. False (default):
             builtins only.
+        validation_data: held-out inputs (like `representative_data`), or a tuple
+            `(inputs, labels)` with integer class labels, on which the report compares the
+            exported model with Keras (`TFLiteReport.agreement`: cosine, top-1 agreement and,
+            with labels, accuracy). Without it, an int8 export is compared on up to 32
+            calibration samples. Needs `ai-edge-litert`; an int8 export without it, or fused
+            with int8 inputs and outputs, is not compared.
 
     Returns:
-        A `TFLiteReport` with the path, size in bytes and op counts.
+        A `TFLiteReport` with the path, size in bytes, op counts and agreement with Keras.
 
     Example:
 
@@ -295,6 +350,7 @@ def to_tflite(
         )
     path = check_target(path)
     signature = input_signature or _input_signature(model, batch_size)
+    samples = _agreement_samples(validation_data, representative_data, quantization, signature)
     # A fused int8 model is quantized after conversion, by keras_attn.export.fused_int8.
     fused_int8 = fused_attention and quantization == "int8"
     calibration = (
@@ -304,19 +360,21 @@ def to_tflite(
         None if fused_int8 else quantization, calibration, io_dtype, signature
     )
     allowed_custom = ()
-    swap = contextlib.nullcontext()
     if fused_attention:
         from keras_attn.export import fused
 
         options["allow_custom_ops"] = True
         allowed_custom = fused.OP_NAMES
-        swap = fused.fused_layers(model, select)
 
     from tensorflow.lite.python.convert_phase import ConverterError
 
     with atomic_output(path, suffix="" if path.endswith(".tflite") else ".tflite") as tmp:
         try:
-            with swap:
+            with contextlib.ExitStack() as swaps:
+                if quantization == "int8":  # first: the layers left unfused fall back to it
+                    swaps.enter_context(int8_forms(model))
+                if fused_attention:
+                    swaps.enter_context(fused.fused_layers(model, select))
                 model.export(
                     tmp, format="litert", input_signature=signature, verbose=False, **options
                 )
@@ -352,6 +410,9 @@ def to_tflite(
                 stacklevel=2,
             )
         size = os.path.getsize(tmp)
+        agreement = None
+        if samples is not None and _can_measure(validation_data, fused_attention, io_dtype):
+            agreement = measure(model, tmp, *samples, fused=bool(fused_attention))
     return TFLiteReport(
         path=path,
         size_bytes=size,
@@ -359,4 +420,5 @@ def to_tflite(
         op_counts=graph.op_counts(),
         input_dtypes=tuple(t.lower() for t in graph.input_types),
         output_dtypes=tuple(t.lower() for t in graph.output_types),
+        agreement=agreement,
     )
