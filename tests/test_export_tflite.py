@@ -252,7 +252,7 @@ def test_int8_report_compares_with_keras(model, data, tmp_path):
     got, expected = LiteRTModel(report.path)(data[32:]), model.predict(data[32:], verbose=0)
     agreement = report.agreement
     assert (agreement.samples, agreement.on_calibration_data) == (16, False)
-    assert agreement.cosine == pytest.approx(cosine(got, expected), abs=1e-9)
+    assert agreement.cosine == pytest.approx(cosine(got, expected), abs=1e-6)  # float32 sums
     assert agreement.top1_agreement == np.mean(got.argmax(1) == expected.argmax(1))
     assert agreement.litert_accuracy == np.mean(got.argmax(1) == labels)
     assert agreement.keras_accuracy == np.mean(expected.argmax(1) == labels)
