@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Installs keras-attn with its test extras (building the Rust core with maturin), builds the
-# binary wheel, then runs the Rust tests, the whole Python suite on the TensorFlow backend (with
-# the wheel installed in a fresh virtual environment without TensorFlow or cargo), and the layer
-# tests once more on JAX.
+# Installs keras-attn with its test extras (building the Rust core with maturin), then runs the
+# Rust tests, the Python suite on the TensorFlow backend, and the layer tests once more on JAX.
+# The Python tests run on every core (pytest-xdist; a test file stays on one worker, so the
+# models a file exports once are shared by its tests).
+#
+#   bash scripts/test.sh         # everything but the tests marked slow
+#   bash scripts/test.sh --all   # the slow tests too: the complete set, as CI runs it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  "") tensorflow=(-m "not slow"); jax=(-m "not tf_only and not slow") ;;
+  --all) tensorflow=(); jax=(-m "not tf_only") ;;
+  *) echo "usage: bash scripts/test.sh [--all]" >&2; exit 2 ;;
+esac
 python -m pip install --upgrade --quiet pip
 python -m pip install --quiet -e ".[test]"
 cargo test --release --quiet
-bash scripts/build_wheel.sh --out dist
-KERAS_ATTN_WHEEL="$(ls dist/keras_attn-*-manylinux*_x86_64.whl)" \
-    python -m pytest -q -p no:cacheprovider tests
-KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider -m "not tf_only" tests/layers
+workers=(-n "${PYTEST_WORKERS:-auto}" --dist loadfile)
+python -m pytest -q -p no:cacheprovider "${workers[@]}" "${tensorflow[@]}" tests
+KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "${workers[@]}" "${jax[@]}" tests/layers
