@@ -140,16 +140,42 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
             if (api.LiteRtGetNumOpInputs)(op, &mut inputs) != OK {
                 return false;
             }
-            // Input 0 is the feature map; the rest are the weights and the config.
-            for i in 1..inputs {
+            let input = |i: usize| {
                 let mut tensor = std::ptr::null_mut();
-                if (api.LiteRtGetOpInput)(op, i, &mut tensor) != OK || !constant(tensor) {
+                ((api.LiteRtGetOpInput)(op, i, &mut tensor) == OK).then_some(tensor)
+            };
+            // Input 0 is the feature map, input 1 the shortcut when the config (the last input)
+            // says residual; the rest are the weights and the config.
+            let Some(residual) = inputs.checked_sub(1).and_then(input).and_then(|config| residual_config(api, config)) else {
+                return false;
+            };
+            for i in 1 + residual as usize..inputs {
+                if !input(i).is_some_and(constant) {
                     return false;
                 }
             }
         }
     }
     true
+}
+
+/// Whether the constant config vector `tensor` of a fused op asks for the residual epilogue
+/// (its `residual` attribute, second to last: see [`OpKind::keys`]); None when it is not a
+/// readable constant of int32 values.
+///
+/// # Safety
+/// `tensor` is a live `LiteRtTensor`.
+unsafe fn residual_config(api: &Api, tensor: Handle) -> Option<bool> {
+    let (mut weights, mut bytes, mut size) = (std::ptr::null_mut(), std::ptr::null(), 0usize);
+    if (api.LiteRtGetTensorWeights)(tensor, &mut weights) != OK || (api.LiteRtGetWeightsBytes)(weights, &mut bytes, &mut size) != OK {
+        return None;
+    }
+    if bytes.is_null() || size < 8 || !size.is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: LiteRT hands out `size` readable bytes of the constant; read unaligned.
+    let value = |i: usize| std::ptr::read_unaligned((bytes as *const u8).add(4 * i) as *const i32);
+    Some(value(size / 4 - 2) == 1)
 }
 
 static KERNEL: CustomOpKernel = CustomOpKernel { init, get_output_layouts, run, destroy };
