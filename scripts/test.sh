@@ -2,7 +2,7 @@
 # Installs keras-attn with its test extras (building the Rust core with maturin), then runs the
 # Rust tests, the Python suite on the TensorFlow backend, and the layer tests once more on JAX.
 # The Python tests run on every core (pytest-xdist; a test file stays on one worker, so the
-# models a file exports once are shared by its tests).
+# models a file exports once are shared by its tests; PYTEST_WORKERS=0 runs them without workers).
 #
 #   bash scripts/test.sh         # everything but the tests marked slow
 #   bash scripts/test.sh --all   # the slow tests too: the complete set, as CI runs it

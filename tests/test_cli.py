@@ -117,6 +117,19 @@ def test_quiet_drops_native_logs_and_keeps_python_output(tmp_path):
     assert len(lines) <= 4, done.stderr
 
 
+def test_filter_passes_other_lines_in_order_and_a_last_partial_line(tmp_path):
+    source = os.pipe()
+    out = tmp_path / "stderr"
+    os.write(source[1], b"kept 1\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+                        b"I0000 00:00:1796312890.100226   22624 port.cc:153] oneDNN\n"
+                        b"kept 2\nno newline at the end")
+    os.close(source[1])
+    with open(out, "wb") as f:
+        logs._filter(source[0], f.fileno())
+    os.close(source[0])
+    assert out.read_bytes() == b"kept 1\nkept 2\nno newline at the end"
+
+
 def test_verbose_leaves_stderr_alone():
     stderr = sys.stderr
     assert logs.quiet(verbose=True) is False
