@@ -61,7 +61,14 @@ class Runtime:
         ):
             raise ValueError(f"`threads` must be a positive int or None; got {threads!r}.")
         self.path = os.fspath(path)
-        unknown = sorted(set(read_tflite(self.path).custom_ops()) - set(OP_NAMES))
+        with open(self.path, "rb") as f:
+            data = f.read()
+        # LiteRT does not verify the flatbuffer, and a corrupted one can crash it.
+        try:
+            _rust.verify_tflite(data)
+        except ValueError as err:
+            raise ValueError(f"`path`: {self.path!r} is not a valid .tflite model: {err}") from None
+        unknown = sorted(set(read_tflite(data).custom_ops()) - set(OP_NAMES))
         if unknown:
             raise ValueError(
                 f"`path`: the model needs custom ops {unknown} that keras-attn has no kernel for "

@@ -7,6 +7,7 @@ that every op is one XNNPACK takes and that int8 models hold no float islands.
 import collections
 import dataclasses
 import os
+import struct
 
 try:  # LiteRT's own copy of the schema, when the `litert` extra is installed.
     from ai_edge_litert import schema_py_generated as _schema
@@ -112,6 +113,12 @@ def read_tflite(model):
     Returns:
         A `TFLiteGraph`.
 
+    Raises:
+        ValueError: naming the file (or "the bytes given") when they are not a readable TFLite
+            flatbuffer. This reader is pure Python and never crashes on corrupt bytes, but it
+            does not verify the whole file: `keras_attn.edge.Runtime` does that before LiteRT
+            reads it.
+
     Example:
 
     >>> graph = read_tflite("model.tflite")  # doctest: +SKIP
@@ -119,8 +126,22 @@ def read_tflite(model):
     {'CONV_2D': 3, 'MUL': 2, ...}
     """
     data = _load_bytes(model)
+    source = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "the bytes given"
     if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError("`model` is not a TFLite flatbuffer (no 'TFL3' identifier).")
+        raise ValueError(f"`model`: {source} is not a TFLite flatbuffer (no 'TFL3' identifier).")
+    try:
+        return _read_graph(data)
+    except (
+        struct.error, IndexError, KeyError, UnicodeDecodeError, TypeError, AttributeError,
+        OverflowError, ValueError,
+    ) as err:
+        # What the generated reader raises when an offset or a count in the file is corrupt.
+        raise ValueError(
+            f"`model`: {source} is not a valid TFLite flatbuffer ({type(err).__name__}: {err})."
+        ) from None
+
+
+def _read_graph(data):
     root = _schema.Model.GetRootAs(data, 0)
     codes = []
     for i in range(root.OperatorCodesLength()):

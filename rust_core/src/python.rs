@@ -222,6 +222,12 @@ fn version() -> &'static str {
     crate::VERSION
 }
 
+/// Checks the bytes of a `.tflite` file (see `litert::verify`): `ValueError` saying what is wrong.
+#[pyfunction]
+fn verify_tflite(py: Python<'_>, data: &[u8]) -> PyResult<()> {
+    py.detach(|| crate::litert::verify::verify_model(data)).map_err(value_error)
+}
+
 /// A `.tflite` model in LiteRT's CompiledModel API with the fused kernels registered. Built by
 /// `keras_attn.edge.Runtime`.
 #[pyclass(module = "keras_attn._rust")]
@@ -341,6 +347,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_levels, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_tflite, m)?)?;
     m.add_class::<block::Block>()?;
     m.add_class::<LiteRtRuntime>()?;
     m.add("__version__", crate::VERSION)?;

@@ -1,8 +1,8 @@
-//! The C entry point (declared in `include/keras_attn_litert.h`): adds every fused kernel to a
+//! The C entry points (declared in `include/keras_attn_litert.h`): add every fused kernel to a
 //! `LiteRtOptions`, resolving LiteRT's functions from the process (the application links
-//! `libLiteRt.so`).
+//! `libLiteRt.so`), and verify a model file. None lets a panic out (see [`ffi`]).
 
-use super::api;
+use super::{api, ffi, verify};
 use super::kernel::{fused_weights_are_constant, Kernels};
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -19,10 +19,13 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 #[no_mangle]
 pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, model: *mut c_void, threads: c_int) -> *mut c_void {
     let threads = usize::try_from(threads).ok().filter(|&t| t > 0);
-    let result = api::api(None).and_then(|api| {
-        let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
-        Kernels::register(api, options, threads, cache_blocks)
-    });
+    let result = ffi::guard("keras_attn_litert_register", || {
+        api::api(None).and_then(|api| {
+            let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
+            Kernels::register(api, options, threads, cache_blocks)
+        })
+    })
+    .and_then(|r| r);
     match result {
         Ok(kernels) => Box::into_raw(kernels) as *mut c_void,
         Err(e) => {
@@ -42,14 +45,43 @@ pub unsafe extern "C" fn keras_attn_litert_take_errors(handle: *mut c_void, buff
     if handle.is_null() {
         return 0;
     }
-    let errors = (*(handle as *const Kernels)).take_errors();
+    let errors = ffi::guard("keras_attn_litert_take_errors", || (*(handle as *const Kernels)).take_errors()).unwrap_or_else(|e| vec![e]);
+    write_message(&errors.join("\n"), buffer, size);
+    c_int::try_from(errors.len()).unwrap_or(c_int::MAX)
+}
+
+/// Writes `text` into `buffer` of `size` bytes, NUL-terminated and truncated to fit.
+///
+/// # Safety
+/// `buffer` holds `size` bytes, or is NULL.
+unsafe fn write_message(text: &str, buffer: *mut c_char, size: usize) {
     if !buffer.is_null() && size > 0 {
-        let text = errors.join("\n");
         let n = text.len().min(size - 1);
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buffer as *mut u8, n);
-        *buffer.add(n) = 0;
+        // SAFETY: `n < size` bytes fit in `buffer`, and the NUL at `n` too.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buffer as *mut u8, n);
+            *buffer.add(n) = 0;
+        }
     }
-    errors.len() as c_int
+}
+
+/// Checks the `size` bytes at `data`, a whole `.tflite` file, before LiteRT reads them (LiteRT
+/// does not verify the flatbuffer, and a corrupted one can crash it): returns 1 when the model
+/// is sound, else 0 with the reason written into `error` (NUL-terminated, truncated to
+/// `error_size`; may be NULL).
+///
+/// # Safety
+/// `data` holds `size` readable bytes; `error` holds `error_size` bytes (or is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn keras_attn_litert_verify(data: *const c_void, size: usize, error: *mut c_char, error_size: usize) -> c_int {
+    let bytes = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data as *const u8, size) };
+    match ffi::guard("keras_attn_litert_verify", || verify::verify_model(bytes)).and_then(|r| r) {
+        Ok(()) => 1,
+        Err(e) => {
+            write_message(&e, error, error_size);
+            0
+        }
+    }
 }
 
 /// Releases a handle from `keras_attn_litert_register` (NULL is ignored).
@@ -59,7 +91,9 @@ pub unsafe extern "C" fn keras_attn_litert_take_errors(handle: *mut c_void, buff
 #[no_mangle]
 pub unsafe extern "C" fn keras_attn_litert_release(handle: *mut c_void) {
     if !handle.is_null() {
-        drop(Box::from_raw(handle as *mut Kernels));
+        if let Err(e) = ffi::guard("keras_attn_litert_release", || drop(Box::from_raw(handle as *mut Kernels))) {
+            eprintln!("{e}");
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`BlockCache`] until LiteRT destroys the nodes (see [`Kernels::register`]).
 
 use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, ELEMENT_INT8, LOCK_READ, LOCK_WRITE, OK};
+use super::ffi;
 use super::ops::{self, BlockCache, OpKind, Output, Tensor, TensorData};
 use crate::exec::Exec;
 use crate::simd::Level;
@@ -187,7 +188,36 @@ unsafe fn state<'a>(user_data: *mut c_void) -> (&'a OpState, &'a Kernels) {
     (state, &*state.kernels)
 }
 
+/// Runs the body of callback `what` of the op in `user_data`: a panic is recorded as an error
+/// (LiteRT is C++, and a panic must not unwind into it) and fails the callback.
+///
+/// # Safety
+/// As [`state`].
+unsafe fn guarded(user_data: *mut c_void, what: &str, body: impl FnOnce() -> Status) -> Status {
+    let (state, kernels) = state(user_data);
+    ffi::guard(&format!("{} {what}", state.op.name()), body).unwrap_or_else(|e| {
+        kernels.record(e);
+        api::ERROR_RUNTIME_FAILURE
+    })
+}
+
 unsafe extern "C" fn init(user_data: *mut c_void, data: *const c_void, size: usize) -> Status {
+    guarded(user_data, "Init", || init_checked(user_data, data, size))
+}
+
+unsafe extern "C" fn get_output_layouts(user_data: *mut c_void, num_inputs: usize, inputs: *const Layout, num_outputs: usize, outputs: *mut Layout) -> Status {
+    guarded(user_data, "GetOutputLayouts", || get_output_layouts_checked(user_data, num_inputs, inputs, num_outputs, outputs))
+}
+
+unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
+    guarded(user_data, "Run", || run_checked(user_data, num_inputs, inputs, num_outputs, outputs))
+}
+
+unsafe extern "C" fn destroy(user_data: *mut c_void) -> Status {
+    guarded(user_data, "Destroy", || destroy_checked(user_data))
+}
+
+unsafe fn init_checked(user_data: *mut c_void, data: *const c_void, size: usize) -> Status {
     let (state, kernels) = state(user_data);
     let options = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data as *const u8, size) };
     if let Err(e) = state.op.attributes(options) {
@@ -196,7 +226,7 @@ unsafe extern "C" fn init(user_data: *mut c_void, data: *const c_void, size: usi
     OK
 }
 
-unsafe extern "C" fn get_output_layouts(
+unsafe fn get_output_layouts_checked(
     user_data: *mut c_void,
     num_inputs: usize,
     inputs: *const Layout,
@@ -243,7 +273,7 @@ unsafe extern "C" fn get_output_layouts(
     OK
 }
 
-unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
+unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
     let start = Instant::now();
     let (state, kernels) = state(user_data);
     let Some(api) = api::loaded() else { return api::ERROR_RUNTIME_FAILURE };
@@ -267,7 +297,8 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
     let mut locked = Vec::with_capacity(inputs.len());
     let mut zero_point = None;
     let mut compute = (start, start);
-    let result = (|| {
+    // Guarded here too, so that the buffers are unlocked after a panic.
+    let result = ffi::guard(&format!("{} Run", state.op.name()), || {
         let mut shapes = Vec::with_capacity(inputs.len());
         let mut datas = Vec::with_capacity(inputs.len());
         for (i, &buffer) in inputs.iter().enumerate() {
@@ -305,7 +336,8 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
         };
         compute.1 = Instant::now();
         result
-    })();
+    })
+    .and_then(|r| r);
     for buffer in locked {
         (api.LiteRtUnlockTensorBuffer)(buffer);
     }
@@ -319,7 +351,7 @@ unsafe extern "C" fn run(user_data: *mut c_void, num_inputs: usize, inputs: *con
     OK
 }
 
-unsafe extern "C" fn destroy(user_data: *mut c_void) -> Status {
+unsafe fn destroy_checked(user_data: *mut c_void) -> Status {
     // LiteRT destroys the nodes with the interpreter, before the model's weights may go.
     if let Some(cache) = &state(user_data).1.blocks {
         cache.clear();

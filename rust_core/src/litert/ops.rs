@@ -226,6 +226,15 @@ pub enum Block {
 }
 
 impl Block {
+    /// The channels of the map the block takes.
+    pub fn channels(&self) -> usize {
+        match self {
+            Block::Cbam(b) => b.channels(),
+            Block::SqueezeExcite(b) => b.channels(),
+            Block::Bam(b) => b.channels(),
+        }
+    }
+
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
         self.forward_with(exec, x, dims, Epilogue::NONE, out);
     }
@@ -407,8 +416,18 @@ fn dense(op: OpKind, kernel: &Tensor, bias: &Tensor, relu: bool) -> Result<Dense
     }
 }
 
-/// Builds the block of `op` from its weight inputs (see [`weights`]) and config.
+/// Builds the block of `op` from its weight inputs (see [`weights`]) and config, for a map of
+/// `channels` channels: weights that are consistent with each other but not with the map are
+/// an error (the block's forward would panic on them).
 pub fn build(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Result<Block, String> {
+    let block = build_block(op, w, config, channels)?;
+    if block.channels() != channels {
+        return Err(format!("{}: the weights are for {} channels, the feature map has {channels}", op.name(), block.channels()));
+    }
+    Ok(block)
+}
+
+fn build_block(op: OpKind, w: &[Tensor], config: &[i64], channels: usize) -> Result<Block, String> {
     let name = op.name();
     match op {
         OpKind::Cbam => {
@@ -665,6 +684,14 @@ mod tests {
         let mut wrong = inputs;
         wrong[1].shape = &transposed;
         assert!(run(OpKind::SqueezeExcite, Exec::single(), &wrong, &mut out).is_err());
+        // Weights consistent with each other, for half the map's channels.
+        let half: [&[usize]; 4] = [&[c / 2, r], &[r], &[r, c / 2], &[c / 2]];
+        let mut halved = inputs;
+        for (i, shape) in half.iter().enumerate() {
+            halved[i + 1] = Tensor { shape, data: TensorData::F32(leak(data(shape.iter().product(), 9))) };
+        }
+        let err = run(OpKind::SqueezeExcite, Exec::single(), &halved, &mut out).unwrap_err();
+        assert!(err.contains("the weights are for 3 channels, the feature map has 6"), "{err}");
     }
 
     #[test]

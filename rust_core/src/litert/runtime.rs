@@ -96,6 +96,10 @@ impl Runtime {
     pub fn new(library: &str, model_path: &str, threads: Option<usize>) -> Result<Runtime, String> {
         let api = api::api(Some(library))?;
         let path = CString::new(model_path).map_err(|_| "model path contains a NUL byte".to_string())?;
+        // LiteRT does not verify the flatbuffer: a corrupted file must not reach it.
+        let bytes = std::fs::read(model_path).map_err(|e| format!("cannot read {model_path:?}: {e}"))?;
+        super::verify::verify_model(&bytes).map_err(|e| format!("{model_path:?} is not a valid .tflite model: {e}"))?;
+        drop(bytes);
         let mut rt = Runtime {
             api,
             env: std::ptr::null_mut(),
