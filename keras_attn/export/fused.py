@@ -8,8 +8,9 @@ allowed) turns each into one CUSTOM op (`KerasAttnCBAM`, `KerasAttnSE`, `KerasAt
 inputs are the feature map, the folded weights (BatchNorm merged, as `keras_attn.cpu` folds
 them) and an int32 config vector, and whose custom options are the same attributes as a
 flexbuffer map (versioned). The layers themselves stay pure `keras.ops`; only this module uses
-TensorFlow. `align_buffers` then moves every constant buffer behind the flatbuffer at 64-byte
-boundaries, which LiteRT requires of custom-op inputs.
+TensorFlow. `keras_attn.export.fused_residual` then folds the residual ADD (and ReLU) that
+follows a fused op into it, and `align_buffers` moves every constant buffer behind the
+flatbuffer at 64-byte boundaries, which LiteRT requires of custom-op inputs.
 
 The composite bodies compute the blocks with TensorFlow ops (the same maths as the layers in
 inference mode); they run only while the exporter traces the model.
@@ -26,20 +27,23 @@ OP_NAMES = ("KerasAttnCBAM", "KerasAttnSE", "KerasAttnBAM")
 # The names `to_tflite(fused_attention=...)` takes to fuse some block families only, and their ops.
 FAMILIES = {"cbam": "KerasAttnCBAM", "se": "KerasAttnSE", "bam": "KerasAttnBAM"}
 # Attribute names in config-vector order; must match rust_core/src/litert/ops.rs (OpKind::keys).
-_KEYS = {
-    "KerasAttnCBAM": ("version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size", "residual", "relu"),
+# The trailing `residual` and `relu` (the epilogue: + shortcut, then max(., 0)) are written 0 at
+# trace time and set by `fused_residual.fold_residual` where an ADD (and ReLU) follows the block.
+ATTRIBUTE_KEYS = {
+    "KerasAttnCBAM": ("version", "channel_gate", "spatial_gate", "pool_avg", "pool_max", "kernel_size",
+                      "residual", "relu"),
     "KerasAttnSE": ("version", "residual", "relu"),
-    "KerasAttnBAM": ("version", "dense_layers", "conv_layers", "dilation", "fusion_product", "residual", "relu"),
+    "KerasAttnBAM": ("version", "dense_layers", "conv_layers", "dilation", "fusion_product",
+                     "residual", "relu"),
 }
-# The epilogue attributes of a block not followed by a fused residual add and ReLU.
 _NO_EPILOGUE = {"residual": 0, "relu": 0}
 _ALIGNMENT = 64
 
 
 def _signature(op, attributes):
-    attributes = {**_NO_EPILOGUE, **attributes}
-    values = [attributes[key] for key in _KEYS[op]]
-    attrs = "".join(f' attr {{ key: "{k}" value {{ i: {int(v)} }} }}' for k, v in zip(_KEYS[op], values))
+    keys = ATTRIBUTE_KEYS[op]
+    values = [{**attributes, **_NO_EPILOGUE}[key] for key in keys]
+    attrs = "".join(f' attr {{ key: "{k}" value {{ i: {int(v)} }} }}' for k, v in zip(keys, values))
     return f'name: "{op}" attr {{ key: "tfl_fusable_op" value {{ b: true }} }}{attrs}', values
 
 

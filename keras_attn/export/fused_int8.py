@@ -102,7 +102,8 @@ def quantize(calibrated_model, io_dtype):
     )
 
 
-def _per_tensor(tensor):
+def per_tensor_quantization(tensor):
+    """`(scale, zero point)` of a per-tensor quantized int8 tensor, else None."""
     q = tensor.quantization
     if tensor.type != _INT8 or q is None or q.scale is None or len(q.scale) != 1:
         return None
@@ -142,7 +143,8 @@ def fold_quantization(model_bytes):
             continue
         x_int8 = int(subgraph.operators[dequantize].inputs[0])
         y_int8 = int(subgraph.operators[readers[0]].outputs[0])
-        params_in, params_out = _per_tensor(tensors[x_int8]), _per_tensor(tensors[y_int8])
+        params_in = per_tensor_quantization(tensors[x_int8])
+        params_out = per_tensor_quantization(tensors[y_int8])
         if params_in is None or params_out is None:
             continue
         values = params_in + params_out

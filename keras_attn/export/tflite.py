@@ -391,6 +391,9 @@ def to_tflite(
         if fused_int8:
             data, _ = int8.fold_quantization(data)
         if fused_attention:
+            from keras_attn.export.fused_residual import fold_residual
+
+            data, _ = fold_residual(data)
             data = fused.align_buffers(data)
         if data != exported:  # rewrite only what post-processing changed
             with open(tmp, "wb") as f:
