@@ -126,16 +126,21 @@ def fold_residual(model_bytes):
     graph_io = {int(t) for t in subgraph.inputs} | {int(t) for t in subgraph.outputs}
     # Each folded op moves to the place of the last op it absorbs: its shortcut may be computed
     # after the fused op, but always before the ADD.
-    moved, removed = {}, set()
+    moved, removed, taken = {}, set(), set()
     for k, op in enumerate(subgraph.operators):
         if names[k] not in OP_NAMES:
             continue
         found = _epilogue(subgraph, names, producers, consumers, graph_io, k)
-        if found is None:
+        # Two blocks may meet in one ADD: the first takes the other's output as its shortcut.
+        if found is None or any(i in moved or i in removed for i in found[3]) or found[0] in taken:
             continue
         shortcut, out, relu, folded = found
-        x = int(op.inputs[0])
+        x, y = int(op.inputs[0]), int(op.outputs[0])
         inputs = [int(t) for t in op.inputs]
+        keys = ATTRIBUTE_KEYS[names[k]]
+        config = _tensor_values(model, inputs[-1], np.int32)
+        if config is None or config.size != len(keys):
+            continue
         attributes = flexbuffers.Loads(bytes(op.customOptions))
         weights = inputs[1:-1]
         if tensors[x].type == _INT8:
@@ -148,10 +153,6 @@ def fold_residual(model_bytes):
             weights[-1] = _constant(model, f"keras_attn/residual_quantization_{k}",
                                     np.array(values, np.float32))
             attributes.update(zip(QUANTIZATION_KEYS + RESIDUAL_QUANTIZATION_KEYS, values))
-        config = _tensor_values(model, inputs[-1], np.int32)
-        keys = ATTRIBUTE_KEYS[names[k]]
-        if config is None or config.size != len(keys):
-            continue
         config[keys.index("residual")], config[keys.index("relu")] = 1, int(relu)
         attributes.update(residual=1, relu=int(relu))
         op.inputs = np.array(
@@ -160,6 +161,7 @@ def fold_residual(model_bytes):
         op.outputs = np.array([out], np.int32)
         op.customOptions = np.frombuffer(bytes(flexbuffers.Dumps(attributes)), np.uint8)
         moved[folded[-1]] = k
+        taken.add(y)
         removed.update(folded[:-1])
         removed.add(k)
     operators = subgraph.operators
