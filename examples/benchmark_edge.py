@@ -1,21 +1,28 @@
-"""LiteRT CompiledModel (XNNPACK) inference time of plain, CBAM and BAM ResNets, float32 and
-int8, with the attention blocks as builtin ops and as keras-attn's fused custom ops, side by
-side; and what the custom ops cost beyond their own work (the XNNPACK partition boundaries
-around them).
+"""LiteRT inference time of plain, CBAM, SE and BAM ResNets, float32 and int8, at 1 and 2
+threads, with the attention blocks as builtin ops, as keras-attn's fused custom ops, and as
+`fused_attention="auto"` chooses.
 
     python examples/benchmark_edge.py [--depth 50] [--size 224] [--runs 20] [--out bench_edge]
-                                      [--quantization float32 int8]
+                                      [--attention cbam se bam] [--quantization float32 int8]
+                                      [--threads 1 2] [--boundaries] [--verbose]
 
-Prints markdown tables of median milliseconds per image (batch 1) at 1 and 2 threads, with the
-attention overhead over the plain ResNet of the same precision. The models of one precision are
-timed in interleaved rounds (one run of each per round), so that load from other processes falls
-on all of them alike. int8 models are calibrated on a few random images (timing does not depend
-on the ranges) and keep float32 inputs and outputs.
+Prints one markdown table: median milliseconds per image (batch 1) in every precision and thread
+column, with the attention overhead over the plain ResNet of the same precision and threads.
+The models of one precision and thread count are timed in interleaved rounds (one run of each
+per round), so that load from other processes falls on all of them alike. A model with builtin
+ops only (plain, builtin, and "auto" where it fused nothing) runs both in LiteRT's interpreter
+(`ai_edge_litert`, XNNPACK delegate) and in `keras_attn.edge.Runtime` (CompiledModel, XNNPACK),
+and counts at the faster of the two (marked `i` where that is the interpreter). Models with fused
+ops run in `edge.Runtime`. int8 models are calibrated on a few random images (timing does not
+depend on the ranges) and keep float32 inputs and outputs.
 
-The boundary table (1 thread) times every fused block shape of the model alone — a model that is
-only that custom op, less a model of the same shape that only applies ReLU (input and output
-copies) — and compares the sum over the network's blocks with what the fused ops add to the
-plain ResNet inside the full model.
+`--boundaries` adds a float32, 1-thread table: every fused block shape of the model alone (a model
+that is only that custom op, less a model of the same shape that only applies ReLU: input and
+output copies), summed over the network's blocks, against what the fused ops add to the plain
+ResNet inside the full model.
+
+TensorFlow's and LiteRT's informational log lines are dropped (`keras_attn.logs.quiet`;
+`--verbose` keeps them).
 """
 
 import argparse
@@ -23,6 +30,9 @@ import os
 import time
 
 import numpy as np
+
+ATTENTIONS = ("cbam", "se", "bam")
+VARIANTS = {"builtin": False, "fused": True, "auto": "auto"}
 
 
 def _interleaved_ms(runtimes, inputs, runs):
@@ -86,95 +96,142 @@ def _alone_ms(layer, shape, folder, runs):
     return ms["op"] - ms["relu"]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--out", default="bench_edge")
-    parser.add_argument("--quantization", nargs="+", choices=("float32", "int8"),
-                        default=["float32", "int8"])
-    parser.add_argument("--calibration-images", type=int, default=4)
-    parser.add_argument("--large-maps", type=int, default=28 * 28, metavar="PIXELS",
-                        help="the extra fused variant fuses only blocks on maps of at least "
-                             "this many pixels (H*W)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's and LiteRT's own log lines")
-    args = parser.parse_args(argv)
-    from keras_attn import logs
-
-    logs.quiet(args.verbose)  # before TensorFlow is imported
-    import keras_attn
-    from keras_attn import edge
+def _export(models, args, calibration):
+    """`{(precision, model name, variant): (path, has fused ops)}` for every model to time."""
     from keras_attn.export import to_tflite
-    from keras_attn.models import resnet
 
-    os.makedirs(args.out, exist_ok=True)
-    models = {
-        attention or "plain": resnet(args.depth, attention=attention,
-                                     input_shape=(args.size, args.size, 3),
-                                     classifier_activation=None)
-        for attention in (None, "cbam", "bam")
-    }
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1, args.size, args.size, 3)).astype("float32")
-    calibration = rng.normal(size=(args.calibration_images, args.size, args.size, 3))
-    selections = {
-        "": False,
-        "fused": True,
-        "fused_large": lambda layer, shape: shape[1] * shape[2] >= args.large_maps,
-    }
-    kinds = {"": "builtin", "fused": "fused (keras-attn)",
-             "fused_large": f"fused on maps >= {args.large_maps} px, others builtin"}
-    ms = {}
+    files = {}
     for precision in args.quantization:
         int8 = precision == "int8"
-        paths = {}
         for name, model in models.items():
-            for fused in ("", "fused", "fused_large") if name != "plain" else ("",):
-                path = os.path.join(args.out, f"{name}{'_' * bool(fused)}{fused}_{precision}.tflite")
-                to_tflite(model, path, "int8" if int8 else None,
-                          representative_data=calibration.astype("float32") if int8 else None,
-                          fused_attention=selections[fused])
-                paths[(name, fused)] = path
-        print(f"\nResNet-{args.depth}, {args.size}x{args.size}, batch 1, {precision}, LiteRT "
-              f"CompiledModel + XNNPACK, median of {args.runs} interleaved runs (ms; overhead "
-              "over plain)\n")
-        for threads in (1, 2):
-            runtimes = {key: edge.Runtime(path, threads=threads) for key, path in paths.items()}
-            timed = _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs)
-            for key, value in timed.items():
-                ms[precision, key, threads] = value
-        print("| model | attention ops | XNNPACK partitions | 1 thread | 2 threads |")
-        print("|---|---|---|---|---|")
-        for (name, fused), path in paths.items():
-            cells = []
-            for threads in (1, 2):
-                value = ms[precision, (name, fused), threads]
-                plain = ms[precision, ("plain", ""), threads]
-                cells.append(f"{value:.1f}" if name == "plain" else
-                             f"{value:.1f} ({100 * (value / plain - 1):+.1f}%)")
-            kind = "-" if name == "plain" else kinds[fused]
-            print(f"| {name.upper()} ResNet-{args.depth} | {kind} | {xnnpack_partitions(path)} | "
-                  f"{cells[0]} | {cells[1]} |")
-    if "float32" not in args.quantization:
-        return
+            for variant in ("builtin",) if name == "plain" else VARIANTS:
+                path = os.path.join(args.out, f"{name}_{variant}_{precision}.tflite")
+                report = to_tflite(model, path, "int8" if int8 else None,
+                                   representative_data=calibration if int8 else None,
+                                   fused_attention=VARIANTS[variant])
+                fused = any(op.startswith("KerasAttn") for op in report.op_counts)
+                files[precision, name, variant] = (path, fused)
+    return files
 
-    print("\nFused ops alone vs inside the model (1 thread, ms per image):\n")
-    print("| model | fused ops | their work alone (sum) | fused minus plain | "
-          "boundaries and in-model slowdown |\n|---|---|---|---|---|")
-    for name in ("cbam", "bam"):
-        layers = [layer for layer in models[name]._flatten_layers()
-                  if isinstance(layer, (keras_attn.CBAM, keras_attn.BAM))]
+
+def _time(files, args, x):
+    """`{(precision, model, variant, threads): (ms, faster runtime)}`."""
+    from keras_attn import edge
+    from keras_attn.export import LiteRTModel
+
+    timed = {}
+    for precision in args.quantization:
+        for threads in args.threads:
+            runtimes = {}
+            for (p, name, variant), (path, fused) in files.items():
+                if p != precision:
+                    continue
+                runtimes[name, variant, "c"] = edge.Runtime(path, threads=threads)
+                if not fused:
+                    runtimes[name, variant, "i"] = LiteRTModel(path, num_threads=threads)
+            ms = _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs)
+            for (name, variant, runtime), value in ms.items():
+                key = (precision, name, variant, threads)
+                if key not in timed or value < timed[key][0]:
+                    timed[key] = (value, runtime)
+    return timed
+
+
+def _table(files, timed, args):
+    columns = [(p, t) for p in args.quantization for t in args.threads]
+    header = ["model", "attention ops", "XNNPACK partitions"] + [
+        f"{p}, {t} thread{'s' * (t > 1)}" for p, t in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    names = ["plain"] + list(args.attention)
+    for name in names:
+        for variant in ("builtin",) if name == "plain" else VARIANTS:
+            path, fused = files[args.quantization[0], name, variant]
+            if variant == "auto" and not fused:
+                kind = "auto (nothing fused: as builtin)"
+            else:
+                kind = {"builtin": "builtin", "fused": "fused (keras-attn)",
+                        "auto": 'fused_attention="auto"'}[variant]
+            cells = []
+            for precision, threads in columns:
+                value, runtime = timed[precision, name, variant, threads]
+                mark = " i" if runtime == "i" else ""
+                if name == "plain":
+                    cells.append(f"{value:.1f}{mark}")
+                else:
+                    plain = timed[precision, "plain", "builtin", threads][0]
+                    cells.append(f"{value:.1f}{mark} ({100 * (value / plain - 1):+.1f}%)")
+            label = f"{'PLAIN' if name == 'plain' else name.upper()} ResNet-{args.depth}"
+            lines.append(f"| {label} | {'-' if name == 'plain' else kind} | "
+                         f"{xnnpack_partitions(path)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _boundaries(models, timed, args):
+    import keras_attn
+
+    lines = ["| model | fused ops | their work alone (sum) | fused minus plain | "
+             "boundaries and in-model slowdown |", "|---|---|---|---|---|"]
+    kinds = (keras_attn.CBAM, keras_attn.SqueezeExcite, keras_attn.BAM)
+    for name in args.attention:
+        layers = [layer for layer in models[name]._flatten_layers() if isinstance(layer, kinds)]
         alone = {}
         for layer in layers:
             shape = (1,) + tuple(layer.input.shape[1:])
             if shape not in alone:
                 alone[shape] = _alone_ms(layer, shape, args.out, args.runs * 5)
         work = sum(alone[(1,) + tuple(layer.input.shape[1:])] for layer in layers)
-        added = ms["float32", (name, "fused"), 1] - ms["float32", ("plain", ""), 1]
-        print(f"| {name.upper()} ResNet-{args.depth} | {len(layers)} | {work:.2f} | {added:.2f} | "
-              f"{added - work:.2f} |")
+        added = (timed["float32", name, "fused", 1][0]
+                 - timed["float32", "plain", "builtin", 1][0])
+        lines.append(f"| {name.upper()} ResNet-{args.depth} | {len(layers)} | {work:.2f} | "
+                     f"{added:.2f} | {added - work:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--out", default="bench_edge")
+    parser.add_argument("--attention", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
+    parser.add_argument("--quantization", nargs="+", choices=("float32", "int8"),
+                        default=["float32", "int8"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--calibration-images", type=int, default=4)
+    parser.add_argument("--boundaries", action="store_true",
+                        help="also time each fused block alone (float32, 1 thread)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and LiteRT's own log lines")
+    args = parser.parse_args(argv)
+    if args.boundaries and ("float32" not in args.quantization or 1 not in args.threads):
+        parser.error("--boundaries needs float32 in --quantization and 1 in --threads")
+    from keras_attn import logs
+
+    logs.quiet(args.verbose)  # before TensorFlow is imported
+    from keras_attn.models import resnet
+
+    os.makedirs(args.out, exist_ok=True)
+    models = {
+        name: resnet(args.depth, attention=None if name == "plain" else name,
+                     input_shape=(args.size, args.size, 3), classifier_activation=None)
+        for name in ["plain"] + list(args.attention)
+    }
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, args.size, args.size, 3)).astype("float32")
+    calibration = rng.normal(
+        size=(args.calibration_images, args.size, args.size, 3)).astype("float32")
+    files = _export(models, args, calibration)
+    timed = _time(files, args, x)
+    table = _table(files, timed, args)
+    boundaries = _boundaries(models, timed, args) if args.boundaries else None
+    print(f"\nResNet-{args.depth}, {args.size}x{args.size}, batch 1: median ms of {args.runs} "
+          "interleaved runs (overhead over plain ResNet of the same precision and threads); "
+          "builtin-op models at their faster runtime (i: LiteRT interpreter, else "
+          "keras_attn.edge.Runtime)\n")
+    print(table)
+    if boundaries:
+        print("\nFused ops alone vs inside the model (float32, 1 thread, ms per image):\n")
+        print(boundaries)
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_fused_attention_can_name_the_block_families_to_fuse(tmp_path):
     assert read_tflite(path).custom_ops() == ["KerasAttnSE"]
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=r"`fused_attention` must be True, False, a non-empty"):
+    with pytest.raises(ValueError, match=r'`fused_attention` must be True, False, "auto", a non-e'):
         to_tflite(model, tmp_path / "bad.tflite", fused_attention=["eca"])
 
 
@@ -250,3 +250,27 @@ def test_fused_attention_with_nothing_to_fuse_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"fused_attention=True\): no layer of `model` was fused"):
         report = to_tflite(model, tmp_path / "plain.tflite", fused_attention=True)
     assert read_tflite(report.path).custom_ops() == []
+
+
+def test_fused_attention_auto_fuses_the_blocks_that_pay(tmp_path):
+    """"auto": CBAM (and its gates) on maps of 14x14 and more; CBAM on smaller maps, SE and BAM
+    stay builtin (keras_attn.export.fused.AUTO_MIN_PIXELS)."""
+    from keras_attn.export.fused import auto_fuses
+
+    inputs = keras.Input((14, 15, 8), batch_size=1)
+    h = keras_attn.CBAM(reduction_ratio=2)(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    h = keras_attn.SpatialAttention()(keras_attn.SqueezeExcite(reduction_ratio=2)(h))
+    h = keras.layers.MaxPooling2D()(keras_attn.BAM(reduction_ratio=2)(h))
+    model = keras.Model(inputs, keras_attn.CBAM(reduction_ratio=2)(h))  # on 7x7
+    path = tmp_path / "auto.tflite"
+    report = to_tflite(model, path, fused_attention="auto")
+    assert report.op_counts["KerasAttnCBAM"] == 2 and read_tflite(path).custom_ops() == [
+        "KerasAttnCBAM"]
+    x = np.random.default_rng(0).normal(size=(1, 14, 15, 8)).astype("float32")
+    np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
+                               atol=1e-5, rtol=0)
+    for precision in ("float32", "int8"):
+        assert auto_fuses("KerasAttnCBAM", (1, 14, 14, 64), precision)
+        assert not auto_fuses("KerasAttnCBAM", (1, 7, 7, 2048), precision)
+        assert not auto_fuses("KerasAttnCBAM", (1, None, None, 64), precision)
+        assert not auto_fuses("KerasAttnBAM", (1, 56, 56, 256), precision)

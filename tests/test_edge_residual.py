@@ -109,8 +109,11 @@ def test_float32_residual_epilogue_matches_keras(name, tmp_path):
     x = _input(model)
     want = np.asarray(model(x, training=False))
     for threads in (1, 2):
-        got = edge.Runtime(path, threads=threads)(x)
+        runtime = edge.Runtime(path, threads=threads)
+        got = runtime(x)
         assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+        # The shortcut is a map, not a weight: each block is still built once and kept.
+        assert runtime.cached_blocks == 2
 
 
 def test_only_foldable_adds_are_folded(tmp_path):

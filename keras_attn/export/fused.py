@@ -38,6 +38,27 @@ ATTRIBUTE_KEYS = {
 }
 _NO_EPILOGUE = {"residual": 0, "relu": 0}
 _ALIGNMENT = 64
+# `to_tflite(fused_attention="auto")`: per precision and op, the smallest map (H * W pixels) on
+# which the fused block is faster than the same block as XNNPACK builtin ops inside a ResNet;
+# None: never fused. From the per-stage measurements (examples/benchmark_edge_stages.py) in
+# docs/benchmarks.md: fused CBAM wins on the 56x56 to 14x14 maps and loses on 7x7 (its gate MLP,
+# 2 MB of float32 weights per 2048-channel block, dominates there); fused BAM loses on every
+# map (its spatial convolutions are slower than XNNPACK's); SE has not been measured inside a
+# network, so it stays builtin.
+AUTO_MIN_PIXELS = {
+    "float32": {"KerasAttnCBAM": 14 * 14, "KerasAttnSE": None, "KerasAttnBAM": None},
+    "int8": {"KerasAttnCBAM": 14 * 14, "KerasAttnSE": None, "KerasAttnBAM": None},
+}
+
+
+def auto_fuses(op, shape, precision):
+    """Whether `fused_attention="auto"` fuses a block that becomes `op`, on an NHWC input of
+    `shape`, in a `precision` ("float32" or "int8") model (see AUTO_MIN_PIXELS); a map of
+    unknown size is not fused."""
+    least = AUTO_MIN_PIXELS[precision][op]
+    height, width = shape[1:3]
+    return least is not None and height is not None and width is not None and (
+        height * width >= least)
 
 
 def _signature(op, attributes):

@@ -224,13 +224,17 @@ def _conversion_failure(err, quantization):
     )
 
 
-def _fused_selection(fused_attention):
+def _fused_selection(fused_attention, quantization):
     """`select(layer, op name, input shape)` for `fused.fused_layers` from `fused_attention`:
-    every block for True, the named block families, or the user's predicate."""
-    from keras_attn.export.fused import FAMILIES
+    every block for True, those that pay for "auto", the named block families, or the user's
+    predicate."""
+    from keras_attn.export.fused import FAMILIES, auto_fuses
 
     if fused_attention is True:
         return lambda layer, op, shape: True
+    if isinstance(fused_attention, str) and fused_attention == "auto":
+        precision = "int8" if quantization == "int8" else "float32"
+        return lambda layer, op, shape: auto_fuses(op, shape, precision)
     if callable(fused_attention):
         return lambda layer, op, shape: bool(fused_attention(layer, shape))
     names = [fused_attention] if isinstance(fused_attention, str) else fused_attention
@@ -240,8 +244,9 @@ def _fused_selection(fused_attention):
         names = None
     if not names or any(not isinstance(n, str) or n.lower() not in FAMILIES for n in names):
         raise ValueError(
-            f"`fused_attention` must be True, False, a non-empty list of block families among "
-            f"{sorted(FAMILIES)} or a callable f(layer, input_shape); got {fused_attention!r}."
+            f"`fused_attention` must be True, False, \"auto\", a non-empty list of block families "
+            f"among {sorted(FAMILIES)} or a callable f(layer, input_shape); got "
+            f"{fused_attention!r}."
         )
     ops = {FAMILIES[n.lower()] for n in names}
     return lambda layer, op, shape: op in ops
@@ -295,11 +300,17 @@ def to_tflite(
             through `keras_attn.edge.Runtime` (see `keras_attn.export.fused`); the file's
             buffers are 64-byte aligned as LiteRT requires. With "int8" the model is
             calibrated through those kernels and the ops take and give int8 maps (see
-            `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A list of block
-            families among "cbam" (CBAM and its gates), "se" and "bam" fuses only those, and a
-            callable `f(layer, input_shape) -> bool` only the blocks it accepts (e.g. those on
-            large maps: see docs/benchmarks.md); the others stay builtin. False (default):
-            builtins only.
+            `keras_attn.export.fused_int8`); this needs `ai-edge-litert`. A fused block whose
+            output only feeds an `Add` with a shortcut, and then a ReLU or not (a ResNet
+            block), also computes the addition and the ReLU (see
+            `keras_attn.export.fused_residual`). "auto" fuses only the blocks that were
+            measured faster fused than as builtin ops inside a ResNet, by block type, precision
+            and map size: CBAM and its gates on maps of 14x14 and larger; SE, BAM and the
+            7x7 CBAM blocks stay builtin (`keras_attn.export.fused.AUTO_MIN_PIXELS`, and
+            docs/deployment.md for the measurements). A list of block families among "cbam"
+            (CBAM and its gates), "se" and "bam" fuses only those, and a callable
+            `f(layer, input_shape) -> bool` only the blocks it accepts; the others stay
+            builtin. False (default): builtins only.
         validation_data: held-out inputs (like `representative_data`), or a tuple
             `(inputs, labels)` with integer class labels, on which the report compares the
             exported model with Keras (`TFLiteReport.agreement`: cosine, top-1 agreement and,
@@ -342,7 +353,7 @@ def to_tflite(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
-    select = None if fused_attention is False else _fused_selection(fused_attention)
+    select = None if fused_attention is False else _fused_selection(fused_attention, quantization)
     if fused_attention and quantization not in (None, "int8"):
         raise ValueError(
             f"`fused_attention=True` supports quantization=None (float32) and 'int8'; got "
