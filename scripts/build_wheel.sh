@@ -30,7 +30,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-python -m pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "ziglang>=0.13,<0.18"
+python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "maturin>=1.7,<2" "ziglang>=0.13,<0.18"
 mkdir -p "$out"
 for arch in "${targets[@]}"; do
     triple="$arch-unknown-linux-gnu"

@@ -5,17 +5,25 @@
 # models a file exports once are shared by its tests; PYTEST_WORKERS=0 runs them without workers).
 #
 #   bash scripts/test.sh         # everything but the tests marked slow
-#   bash scripts/test.sh --all   # the slow tests too: the complete set, as CI runs it
+#   bash scripts/test.sh --all   # the slow tests too: the complete set, as CI runs it (with the
+#                                # x86-64 wheel built and run without TensorFlow, and the core
+#                                # checked to compile for aarch64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-  "") tensorflow=(-m "not slow"); jax=(-m "not tf_only and not slow") ;;
-  --all) tensorflow=(); jax=(-m "not tf_only") ;;
+  "") tensorflow=(-m "not slow"); jax=(-m "not tf_only and not slow"); all=0 ;;
+  --all) tensorflow=(); jax=(-m "not tf_only"); all=1 ;;
   *) echo "usage: bash scripts/test.sh [--all]" >&2; exit 2 ;;
 esac
 python -m pip install --upgrade --quiet pip
 python -m pip install --quiet -e ".[test]"
 cargo test --release --quiet
+if [[ $all == 1 ]]; then
+  # ARM boards: the scalar and NEON kernels must at least compile for aarch64.
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
+    || rustup target add aarch64-unknown-linux-gnu
+  cargo check --release --quiet -p keras-attn-core --target aarch64-unknown-linux-gnu
+fi
 workers=(-n "${PYTEST_WORKERS:-auto}" --dist loadfile)
 python -m pytest -q -p no:cacheprovider "${workers[@]}" "${tensorflow[@]}" tests
 KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "${workers[@]}" "${jax[@]}" tests/layers
