@@ -111,7 +111,7 @@ def test_layers_load_on_first_use_and_register_for_keras_files(tmp_path):
 
 
 def _wheel(tmp_path_factory):
-    """The x86-64 wheel: `KERAS_ATTN_WHEEL` (scripts/test.sh builds it once), else built here."""
+    """The x86-64 wheel: the one `KERAS_ATTN_WHEEL` names (already built), else built here."""
     if os.environ.get("KERAS_ATTN_WHEEL"):
         return os.environ["KERAS_ATTN_WHEEL"]
     out = tmp_path_factory.mktemp("wheel")
