@@ -92,7 +92,8 @@ def measure(model, path, arrays, labels, on_calibration_data, fused):
     count = len(got[0])
     inputs = [a[:count] for a in arrays]
     expected = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
-    expected = [np.asarray(e) for e in (expected if isinstance(expected, (list, tuple)) else [expected])]
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    expected = [np.asarray(e) for e in expected]
     figures = {"cosine": cosine(np.concatenate([g.ravel() for g in got]),
                                 np.concatenate([e.ravel() for e in expected]))}
     if len(got) == 1 and got[0].ndim == 2 and got[0].shape[1] > 1:
