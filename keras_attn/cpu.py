@@ -29,12 +29,16 @@ import numpy as np
 
 from keras_attn import _rust
 from keras_attn.kernels import as_float32_map, check_threads
+from keras_attn.layers._pooling import check_pool_types
 
 __all__ = ["CompiledBlock", "compile"]
 
 
 class CompiledBlock:
     """A built attention layer compiled to Rust: call it on a 4-D float NumPy array.
+
+    Thread-safe: the compiled weights are read-only, and calls run with the GIL released, so
+    several threads may call one instance at once (each call gets its own output).
 
     Args (of the call):
         x: float array of the layer's input rank (4-D for 2D maps) in its `data_format`, with
@@ -183,11 +187,11 @@ def _conv(conv, bn=None):
 
 def _channel_gate(layer):
     """The `Block.cbam` arguments of a ChannelAttention."""
-    pools = tuple(layer.pool_types)
-    if not set(pools) <= {"avg", "max"} or len(set(pools)) != len(pools):
+    pools = check_pool_types(layer.pool_types)
+    if not set(pools) <= {"avg", "max"}:
         raise ValueError(
-            "keras_attn.cpu.compile supports ChannelAttention pool_types made of 'avg' and 'max', "
-            f"each at most once; {layer.name} has {pools}."
+            "keras_attn.cpu.compile supports ChannelAttention pool_types made of 'avg' and 'max'; "
+            f"{layer.name} has {pools}."
         )
     hidden_kernel, hidden_bias = _dense(layer.mlp_hidden)
     output_kernel, output_bias = _dense(layer.mlp_output)

@@ -19,6 +19,7 @@ import numpy as np
 from keras_attn import _rust
 from keras_attn.export.flatbuffer import read_tflite
 from keras_attn.export.fused import OP_NAMES
+from keras_attn.kernels import MAX_THREADS
 
 __all__ = ["Runtime", "litert_library"]
 
@@ -46,7 +47,11 @@ class Runtime:
             XNNPACK and gives our kernels every core.
 
     Call it with one array per model input (or a single array): returns an array per output
-    in the output's dtype (a list for several outputs). A float32 input takes any real array
+    in the output's dtype (a list for several outputs). The batch size is free: a batch other
+    than the model's runs in chunks of the model's batch (which its inputs and outputs must
+    share), and an empty batch gives empty outputs. Thread-safe: one `Runtime` may be shared
+    by several threads, whose calls take turns (LiteRT's compiled model holds one set of
+    input and output buffers); for parallel calls, give each thread its own `Runtime`. A float32 input takes any real array
     (converted to float32); an int8 input (`input_dtypes`) takes already quantized values: an
     integer array within -128..127 (converted to int8), never floats, which would need the
     input's scale and zero point. The kernels check their attributes and inputs when the model
@@ -57,9 +62,11 @@ class Runtime:
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise ValueError(f"`path`: no .tflite file at {path!r}.")
         if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
         ):
-            raise ValueError(f"`threads` must be a positive int or None; got {threads!r}.")
+            raise ValueError(
+                f"`threads` must be a positive int or None, at most {MAX_THREADS}; got {threads!r}."
+            )
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
             data = f.read()
@@ -149,11 +156,42 @@ class Runtime:
                     )
             elif not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
                 raise TypeError(f"`inputs[{i}]` must be a real-valued array; got dtype {a.dtype}.")
-            if a.shape != shape:
-                raise ValueError(f"`inputs[{i}]` must have shape {shape}; got {a.shape}.")
-            converted.append(np.ascontiguousarray(a, dtype=dtype))
-        outputs = self._runtime.run(converted)
+            if a.ndim != len(shape) or a.shape[1:] != shape[1:]:
+                expected = ("any batch",) + shape[1:] if shape else shape
+                raise ValueError(f"`inputs[{i}]` must have shape {expected}; got {a.shape}.")
+            # Copied once when unaligned or not C-contiguous.
+            converted.append(np.require(a, dtype, ["C_CONTIGUOUS", "ALIGNED"]))
+        outputs = self._run_batch(converted)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _run_batch(self, arrays):
+        """Runs inputs of any batch size, in chunks of the model's batch (the last one padded
+        with zeros, its padding dropped from the outputs)."""
+        if not all(self.input_shapes):  # a scalar input: no batch dimension
+            return self._runtime.run(arrays)
+        count, batch = len(arrays[0]), self.input_shapes[0][0]
+        if any(len(a) != count for a in arrays):
+            raise ValueError(
+                f"`inputs` must all have the same batch size; got {[len(a) for a in arrays]}."
+            )
+        if count == batch:
+            return self._runtime.run(arrays)
+        same_batch = all(s[:1] == (batch,) for s in self.input_shapes + self.output_shapes)
+        if not same_batch:
+            raise ValueError(
+                f"`inputs` must have the model's batch sizes {[s[0] for s in self.input_shapes]} "
+                f"(its inputs and outputs do not share one batch dimension); got {count}."
+            )
+        parts = []
+        for start in range(0, count, batch):
+            chunk = [a[start : start + batch] for a in arrays]
+            short = batch - len(chunk[0])
+            if short:
+                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk]
+            parts.append([y[: batch - short] for y in self._runtime.run(chunk)])
+        if not parts:
+            return [np.zeros((0,) + s[1:], d) for s, d in zip(self.output_shapes, self.output_dtypes)]
+        return [np.concatenate(p) for p in zip(*parts)]
 
     def __repr__(self):
         return f"Runtime({self.path!r}, threads={self.threads})"

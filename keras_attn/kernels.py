@@ -57,8 +57,13 @@ def simd_level():
     return _rust.simd_level()
 
 
+#: The most threads a call takes (more is a mistake, and would not fit the native integer).
+MAX_THREADS = 4096
+
+
 def as_float32_map(x, name="x"):
-    """Returns `x` as a C-contiguous float32 4-D array (itself when it already is one)."""
+    """Returns `x` as an aligned C-contiguous float32 4-D array (itself when it already is
+    one, else a copy)."""
     array = np.asarray(x)
     if array.dtype.kind != "f":
         raise TypeError(
@@ -72,7 +77,7 @@ def as_float32_map(x, name="x"):
         )
     if 0 in array.shape:
         raise ValueError(f"`{name}` must have no zero-size dimension; got shape {array.shape}.")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.require(array, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
 
 
 def check_data_format(data_format):
@@ -86,8 +91,11 @@ def check_threads(threads):
         return None
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
         raise TypeError(f"`threads` must be a positive int or None; got {threads!r}.")
-    if threads < 1:
-        raise ValueError(f"`threads` must be a positive int or None (every core); got {threads}.")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(
+            f"`threads` must be a positive int or None (every core), at most {MAX_THREADS}; "
+            f"got {threads}."
+        )
     return int(threads)
 
 

@@ -1,6 +1,7 @@
 """`LiteRTModel`: runs a `.tflite` model with LiteRT's interpreter (`ai_edge_litert`)."""
 
 import os
+import threading
 
 import numpy as np
 
@@ -43,6 +44,11 @@ class LiteRTModel:
     Inputs larger than the model's fixed batch dimension run in chunks; dynamic dimensions (`-1`
     in the model, e.g. from `(None, None, C)` Keras inputs) are resized to each call's shape.
 
+    Thread-safe: one instance may be shared by several threads. LiteRT's interpreter is not
+    (its tensors are the calls' shared state), so calls take turns on a lock; for calls that
+    run in parallel, give each thread its own `LiteRTModel` (or use `keras_attn.edge.Runtime`,
+    likewise serialised). An empty batch returns empty outputs of shape `(0, ...)`.
+
     Args:
         path: the `.tflite` file.
         num_threads: interpreter threads (`None`: LiteRT's default).
@@ -74,6 +80,8 @@ class LiteRTModel:
         self._interpreter.allocate_tensors()
         self._inputs = self._interpreter.get_input_details()
         self._outputs = self._interpreter.get_output_details()
+        # Held by every call: resizing, setting, invoking and reading must not interleave.
+        self._lock = threading.Lock()
 
     @property
     def input_details(self):
@@ -155,15 +163,17 @@ class LiteRTModel:
         count = len(arrays[0])
         batch = int(self._inputs[0]["shape_signature"][0])
         if batch == -1:
-            batch = count
+            batch = max(count, 1)
         outputs = []
-        for start in range(0, count, batch):
-            chunk = [a[start : start + batch] for a in arrays]
-            short = batch - len(chunk[0])
-            if short:  # fixed batch dimension: pad the last chunk, drop the padding after.
-                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)])
-                         for c in chunk]
-            results = self._run_chunk(chunk)
-            outputs.append([r[: batch - short] for r in results])
+        with self._lock:
+            # An empty batch runs one chunk of padding, so that the outputs get their shapes.
+            for start in range(0, max(count, 1), batch):
+                chunk = [a[start : start + batch] for a in arrays]
+                short = batch - len(chunk[0])
+                if short:  # fixed batch dimension: pad the last chunk, drop the padding after.
+                    chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)])
+                             for c in chunk]
+                results = self._run_chunk(chunk)
+                outputs.append([r[: batch - short] for r in results])
         merged = [np.concatenate(parts) for parts in zip(*outputs)]
         return merged[0] if len(merged) == 1 else merged

@@ -9,7 +9,8 @@ POOL_TYPES = ("avg", "max", "lp", "lse")
 
 
 def check_pool_types(pool_types):
-    """Returns `pool_types` as a tuple of known names (a single string is one pool type)."""
+    """Returns `pool_types` as a tuple of known, distinct names (a single string is one pool
+    type)."""
     if isinstance(pool_types, str):
         pool_types = (pool_types,)
     try:
@@ -26,6 +27,14 @@ def check_pool_types(pool_types):
         raise ValueError(
             f"`pool_types` entries must be in {POOL_TYPES}; got {pool_types} "
             f"(unknown: {tuple(unknown)})."
+        )
+    # One rule for the layer and for `keras_attn.cpu.compile`: a repeated pool would only
+    # double its branch's weight in the shared MLP's sum, which is never what was meant.
+    repeated = sorted({p for p in pool_types if pool_types.count(p) > 1})
+    if repeated:
+        raise ValueError(
+            f"`pool_types` must name each pool type at most once; got {pool_types} "
+            f"(repeated: {tuple(repeated)})."
         )
     return pool_types
 
