@@ -1,7 +1,7 @@
 """keras-attn: CBAM, BAM and channel-attention layers for Keras 3, with a Rust CPU core.
 
 Keras and TensorFlow are imported only when something that needs them is first used: a layer
-(`keras_attn.CBAM`, `keras_attn.layers`), `get_attention`, `keras_attn.models`,
+(`keras_attn.CBAM`, `keras_attn.layers`), `get_attention`, `attention_maps`, `keras_attn.models`,
 `keras_attn.export` or `keras_attn.convert`. `keras_attn.edge` (running fused `.tflite` models)
 and `keras_attn.kernels` need only NumPy (and LiteRT for `edge`), so they run on a device
 without either.
@@ -41,9 +41,11 @@ _LAYERS = (
     "SpatialAttention",
     "SqueezeExcite",
 )
-_SUBMODULES = ("convert", "cpu", "edge", "export", "kernels", "layers", "logs", "models", "registry")
+_SUBMODULES = (
+    "convert", "cpu", "edge", "export", "kernels", "layers", "logs", "maps", "models", "registry"
+)
 
-__all__ = sorted([*_LAYERS, "__version__", "get_attention", "layers"])
+__all__ = sorted([*_LAYERS, "__version__", "attention_maps", "get_attention", "layers"])
 
 
 def __getattr__(name):
@@ -52,13 +54,15 @@ def __getattr__(name):
         return getattr(importlib.import_module("keras_attn.layers"), name)
     if name == "get_attention":
         return importlib.import_module("keras_attn.registry").get_attention
+    if name == "attention_maps":
+        return importlib.import_module("keras_attn.maps").attention_maps
     if name in _SUBMODULES:
         return importlib.import_module(f"keras_attn.{name}")
     raise AttributeError(f"module 'keras_attn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*globals(), *_LAYERS, *_SUBMODULES, "get_attention"})
+    return sorted({*globals(), *_LAYERS, *_SUBMODULES, "attention_maps", "get_attention"})
 
 
 if "keras" in sys.modules:

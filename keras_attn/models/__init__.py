@@ -6,5 +6,6 @@ from keras_attn.models.imagenet import decode_predictions, load_image, preproces
 from keras_attn.models.insert import insert_attention
 from keras_attn.models.resnet import resnet, resnet18, resnet34, resnet50, resnet101, resnet152
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "decode_predictions", "load_image", "preprocess_input",
-           "insert_attention", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = ["CHECKPOINTS", "Checkpoint", "decode_predictions", "insert_attention", "load_image",
+           "preprocess_input", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152"]
