@@ -51,8 +51,8 @@ class Runtime:
     than the model's runs in chunks of the model's batch (which its inputs and outputs must
     share), and an empty batch gives empty outputs. Thread-safe: one `Runtime` may be shared
     by several threads, whose calls take turns (LiteRT's compiled model holds one set of
-    input and output buffers); for parallel calls, give each thread its own `Runtime`. A float32 input takes any real array
-    (converted to float32); an int8 input (`input_dtypes`) takes already quantized values: an
+    input and output buffers); for parallel calls, give each thread its own `Runtime`.
+    A float32 input takes any real array (converted to float32); an int8 input (`input_dtypes`) takes already quantized values: an
     integer array within -128..127 (converted to int8), never floats, which would need the
     input's scale and zero point. The kernels check their attributes and inputs when the model
     is compiled and at every run; a problem raises `ValueError` with their message.
@@ -62,7 +62,9 @@ class Runtime:
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise ValueError(f"`path`: no .tflite file at {path!r}.")
         if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+            isinstance(threads, bool)
+            or not isinstance(threads, int)
+            or not 1 <= threads <= MAX_THREADS
         ):
             raise ValueError(
                 f"`threads` must be a positive int or None, at most {MAX_THREADS}; got {threads!r}."
@@ -187,10 +189,13 @@ class Runtime:
             chunk = [a[start : start + batch] for a in arrays]
             short = batch - len(chunk[0])
             if short:
-                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk]
+                chunk = [
+                    np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk
+                ]
             parts.append([y[: batch - short] for y in self._runtime.run(chunk)])
         if not parts:
-            return [np.zeros((0,) + s[1:], d) for s, d in zip(self.output_shapes, self.output_dtypes)]
+            shapes = zip(self.output_shapes, self.output_dtypes)
+            return [np.zeros((0,) + s[1:], d) for s, d in shapes]
         return [np.concatenate(p) for p in zip(*parts)]
 
     def __repr__(self):
