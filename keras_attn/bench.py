@@ -256,7 +256,7 @@ def litert_peer(interpreter_class, op, layer, shape, data_format, args, x):
         )
         interpreter.allocate_tensors()
     except Exception as err:  # noqa: BLE001 - a converter or runtime limit is a result to report
-        return f"n/a ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
+        return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     outputs = interpreter.get_output_details()
 
@@ -323,7 +323,7 @@ def tables(records):
     failures = sorted({f"- {PEER_NAMES[r['peer']]}, {r['op']}: {r['error']}" for r in records
                        if r.get("error")})
     if failures:
-        lines += ["", "n/a: the peer could not run the case:", *failures]
+        lines += ["", "n/a: the peer could not run the case.", *failures]
     return "\n".join(lines) + "\n"
 
 
