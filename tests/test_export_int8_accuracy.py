@@ -102,3 +102,20 @@ def test_int8_form_computes_the_layer(data_format, use_batchnorm):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(gate),
                                keras.ops.convert_to_numpy(expected_gate), atol=1e-5)
     assert "call" not in vars(inner) and "call" not in vars(layer.spatial_attention)
+
+
+@pytest.mark.slow
+def test_cbam_resnet50_int8_cosine(tmp_path):
+    """A whole CBAM-ResNet-50 (attention on the signed maps before each residual add), at a
+    small input size to keep the test short."""
+    from keras_attn.models import resnet50
+
+    keras.utils.set_random_seed(0)
+    model = resnet50(attention="cbam", input_shape=(64, 64, 3), classifier_activation=None)
+    rng = np.random.default_rng(0)
+    randomize_batchnorm(model, rng)
+    images = rng.normal(0, 1, (24, 64, 64, 3)).astype("float32")
+    report = to_tflite(model, tmp_path / "int8.tflite", "int8", images[:16],
+                       validation_data=images[16:])
+    assert "CONCATENATION" not in report.op_counts
+    assert report.agreement.cosine >= 0.99
