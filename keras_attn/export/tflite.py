@@ -283,7 +283,9 @@ def to_tflite(
         path: the `.tflite` file to write (missing parent folders are created too).
         quantization: `None` (float32), `"float16"` (float16 weights, float32 compute),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full-integer weights and
-            activations, calibrated on `representative_data`).
+            activations, calibrated on `representative_data`; the spatial gates of
+            SpatialAttention and CBAM convolve their channel max and mean separately, so that
+            each keeps its own int8 scale: see `keras_attn.export._int8_forms`).
         representative_data: for `"int8"` only: a float array of samples shaped like the model
             input, `(num_samples, H, W, C)` (a list of arrays for several inputs). A few hundred
             typical inputs calibrate well. Every value must be finite: a `ValueError` names the
