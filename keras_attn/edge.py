@@ -169,7 +169,8 @@ class Runtime:
     def _run_batch(self, arrays):
         """Runs inputs of any batch size, in chunks of the model's batch (the last one padded
         with zeros, its padding dropped from the outputs)."""
-        if not all(self.input_shapes):  # a scalar input: no batch dimension
+        exact = all(a.shape == s for a, s in zip(arrays, self.input_shapes))
+        if exact or not all(self.input_shapes):  # the model's shapes, or a scalar input
             return self._runtime.run(arrays)
         count, batch = len(arrays[0]), self.input_shapes[0][0]
         if any(len(a) != count for a in arrays):
