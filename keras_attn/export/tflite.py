@@ -417,7 +417,8 @@ def to_tflite(
                 f"`model` converted with non-builtin ops {graph.custom_ops()}; only TFLite "
                 "builtins are allowed."
             )
-        if fused_attention and not graph.custom_ops():
+        # "auto" keeping every block builtin is its choice, not a surprise.
+        if fused_attention and fused_attention != "auto" and not graph.custom_ops():
             warnings.warn(
                 f"to_tflite(fused_attention={fused_attention!r}): no layer of `model` was fused "
                 "(it has no channels_last CBAM, ChannelAttention, SpatialAttention, "
