@@ -6,14 +6,16 @@ Keras and TensorFlow are imported only when something that needs them is first u
 and `keras_attn.kernels` need only NumPy (and LiteRT for `edge`), so they run on a device
 without either.
 
-The layers register themselves for `.keras` loading when their module is imported. When Keras
-is already imported along with this package, the layers are imported at once (it costs nothing
-more), so `keras.saving.load_model` finds them; otherwise touch any layer, or
-`import keras_attn.layers`, before loading a `.keras` file.
+The layers register themselves for `.keras` loading when their module is imported: at once
+when Keras is already imported along with this package (it costs nothing more), else right
+after Keras is first imported; so `keras.saving.load_model` finds them in either import order.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
+import warnings
 
 try:
     from keras_attn._rust import __version__
@@ -65,5 +67,35 @@ def __dir__():
     return sorted({*globals(), *_LAYERS, *_SUBMODULES, "attention_maps", "get_attention"})
 
 
+class _LayersAfterKeras(importlib.abc.MetaPathFinder):
+    """Imports `keras_attn.layers` right after `keras` itself, so that the layers are registered
+    for `.keras` loading without importing Keras here, before it is wanted."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            try:
+                importlib.import_module("keras_attn.layers")
+            except Exception as err:  # noqa: BLE001  (Keras itself must still import)
+                warnings.warn(
+                    f"keras_attn could not register its layers for .keras loading ({err}); "
+                    "import keras_attn.layers before loading a .keras file.",
+                    stacklevel=2,
+                )
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
 if "keras" in sys.modules:
     from keras_attn import layers  # noqa: F401  (registers the layers for `.keras` loading)
+else:
+    sys.meta_path.insert(0, _LayersAfterKeras())

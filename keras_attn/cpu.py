@@ -29,7 +29,6 @@ import numpy as np
 
 from keras_attn import _rust
 from keras_attn.kernels import as_float32_map, check_threads
-from keras_attn.layers._pooling import check_pool_types
 
 __all__ = ["CompiledBlock", "compile"]
 
@@ -187,6 +186,9 @@ def _conv(conv, bn=None):
 
 def _channel_gate(layer):
     """The `Block.cbam` arguments of a ChannelAttention."""
+    # Imported here: importing `keras_attn.cpu` (as `keras_attn.edge` does) must not import Keras.
+    from keras_attn.layers._pooling import check_pool_types
+
     pools = check_pool_types(layer.pool_types)
     if not set(pools) <= {"avg", "max"}:
         raise ValueError(

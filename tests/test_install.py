@@ -106,6 +106,15 @@ def test_layers_load_on_first_use_and_register_for_keras_files(tmp_path):
     env = _clean_env(os.environ["PATH"])
     env["PYTHONPATH"] = PACKAGE_PARENT
     _run([sys.executable, "-c", script, path], str(tmp_path), env)
+    # Keras imported after keras_attn: the layers register then, without being touched.
+    keras_second = (
+        "import sys, keras_attn\n"
+        "assert 'keras' not in sys.modules\n"
+        "import keras\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "assert type(model.layers[0]).__name__ == 'CBAM', model.layers\n"
+    )
+    _run([sys.executable, "-c", keras_second, path], str(tmp_path), env)
     with pytest.raises(AttributeError, match="no attribute 'CBAMM'"):
         keras_attn.CBAMM  # noqa: B018
 
