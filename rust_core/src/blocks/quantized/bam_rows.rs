@@ -44,6 +44,7 @@ impl WithSimd for BamRows<'_> {
     type Output = ();
 
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `in_range` serves AVX-512 only
     fn with_simd<S: Simd>(self, simd: S) {
         let Self { x, zero_point, scale, gate, in_range, output_zero_point, epilogue, out, scratch, avx512 } = self;
         let (BamGate::Logits { channel, spatial, .. } | BamGate::Factors { channel, spatial }) = gate;

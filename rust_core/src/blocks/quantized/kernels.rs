@@ -323,6 +323,7 @@ pub(super) type TileEpilogue<'a> = Epilogue<TileShortcut<'a>>;
 /// `in_range`: what [`in_range`] says of `factor` and `row_factor` (or of larger values) and of
 /// the shortcut's factor.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // `in_range` serves AVX-512 only
 pub(super) fn scale_rows(level: Level, x: &[i8], zero_point: i32, factor: &[f32], row_factor: Option<&[f32]>, in_range: bool, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) {
     if uses_avx512(level) {
         #[cfg(target_arch = "x86_64")]
@@ -345,6 +346,7 @@ pub(super) fn in_range(factor: &[f32], row_factor: &[f32]) -> bool {
 
 /// Whether the spatial pooling and the output pass run on [`super::avx512`]: at the AVX-512 level, on a CPU that has
 /// it (the level's existence already says so; checked again where it is relied on).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn uses_avx512(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]
     return level.name() == "avx512" && super::avx512::available();
