@@ -214,3 +214,26 @@ def test_resnet50_gets_16_cbam_layers_and_keeps_every_weight():
         for new, old in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
             np.testing.assert_array_equal(new, old)
     assert model.count_params() == base.count_params() + sum(c.count_params() for c in cbams)
+
+
+def test_keras_attn_resnet18_gets_one_cbam_per_block():
+    base = keras_attn.models.resnet18(input_shape=(32, 32, 3), num_classes=10)
+    model = insert_attention(base, "cbam", reduction_ratio=8)
+    cbams = [layer for layer in model.layers if isinstance(layer, keras_attn.CBAM)]
+    assert len(cbams) == 8
+    # The authors' blocks add the residual branch first; the shortcut stays bare.
+    assert [_producer(t) for t in model.get_layer("layer1.0.add").input] == [
+        "layer1.0.add_cbam",
+        "maxpool",
+    ]
+
+
+@pytest.mark.tf_only
+def test_inserted_model_exports_to_litert(tmp_path):
+    from keras_attn.export import LiteRTModel, to_tflite
+
+    model = insert_attention(_residual_model(), "cbam", **CBAM_KWARGS)
+    x = np.random.default_rng(2).standard_normal((1, 6, 7, 4)).astype("float32")
+    path = tmp_path / "model.tflite"
+    to_tflite(model, path)
+    np.testing.assert_allclose(LiteRTModel(path)(x), model.predict(x, verbose=0), atol=1e-5)
