@@ -1,6 +1,8 @@
-"""`attention_maps`: every attention layer's gates in a model, for a batch, by layer name."""
+"""`attention_maps`: every attention layer's gates in a model, for a batch, by layer name;
+`overlay_attention`: a spatial map drawn over its image (matplotlib)."""
 
 import keras
+import numpy as np
 
 from keras_attn.layers._base import AttentionLayer
 
@@ -61,3 +63,55 @@ def attention_maps(model, x, batch_size=None):
         _, scores = layer(feature, training=False, return_attention_scores=True)
         maps[layer.name] = keras.tree.map_structure(keras.ops.convert_to_numpy, scores)
     return maps
+
+
+def overlay_attention(image, attention, ax=None, alpha=0.5, cmap="jet"):
+    """Draws `attention` (a spatial map) over `image` on a matplotlib axes, stretched to its size.
+
+    Args:
+        image: `(H, W)`, `(H, W, 1)` or `(H, W, 3)` array (floats in [0, 1] or uint8), as
+            `imshow` takes it.
+        attention: a spatial map of any size, `(h, w)` or `(h, w, 1)` (for example
+            `attention_maps(model, x)["cbam"]["spatial"][i]`); it covers the whole image, each
+            value a block of pixels. Shown on a fixed [0, 1] scale, the range of a gate.
+        ax: the matplotlib axes to draw on; None makes a new figure.
+        alpha: opacity of the map. Default 0.5.
+        cmap: colour map of the attention. Default `"jet"`.
+
+    Returns:
+        The axes.
+
+    Raises:
+        ImportError: without matplotlib (`pip install keras-attn[plot]`).
+        ValueError: for a map or an image of the wrong rank.
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "overlay_attention needs matplotlib: pip install matplotlib (or keras-attn[plot])."
+        ) from None
+    image, attention = np.asarray(image), np.asarray(attention, dtype=np.float32)
+    if attention.ndim == 3 and attention.shape[-1] == 1:
+        attention = attention[..., 0]
+    if attention.ndim != 2:
+        raise ValueError(
+            f"`attention` must be a spatial map (h, w) or (h, w, 1); got shape {attention.shape}."
+        )
+    if image.ndim not in (2, 3):
+        raise ValueError(f"`image` must be (H, W) or (H, W, channels); got shape {image.shape}.")
+    if ax is None:
+        _, ax = plt.subplots()
+    height, width = image.shape[:2]
+    ax.imshow(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image)
+    ax.imshow(
+        attention,
+        cmap=cmap,
+        alpha=alpha,
+        vmin=0.0,
+        vmax=1.0,
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),  # the image's own pixel extent
+        interpolation="nearest",
+    )
+    ax.set_axis_off()
+    return ax

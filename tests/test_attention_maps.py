@@ -54,3 +54,25 @@ def test_a_model_without_attention_is_an_error():
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs), name="plain")
     with pytest.raises(ValueError, match=r"plain has no attention layer of keras_attn"):
         keras_attn.attention_maps(model, np.ones((1, 5, 5, 4), "float32"))
+
+
+def test_overlay_attention_stretches_the_map_over_the_image():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_attn.maps import overlay_attention
+
+    image = np.random.default_rng(0).uniform(0, 1, (12, 16, 3))
+    attention = np.random.default_rng(1).uniform(0, 1, (3, 4, 1)).astype("float32")
+    ax = overlay_attention(image, attention)
+    shown_image, shown_map = ax.get_images()
+    np.testing.assert_array_equal(shown_image.get_array(), image)
+    np.testing.assert_array_equal(shown_map.get_array(), attention[..., 0])
+    assert shown_map.get_extent() == shown_image.get_extent()
+    assert shown_map.get_clim() == (0.0, 1.0)
+    plt.close(ax.figure)
+    message = r"`attention` must be a spatial map .* got shape \(2, 3, 4\)"
+    with pytest.raises(ValueError, match=message):
+        overlay_attention(image, np.zeros((2, 3, 4)))
