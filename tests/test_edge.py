@@ -1,6 +1,8 @@
 """Fused attention custom ops in LiteRT (`to_tflite(..., fused_attention=True)` and
 `keras_attn.edge.Runtime`): fused vs builtin vs Keras, alignment, and rejected models."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -270,6 +272,13 @@ def test_fused_attention_auto_fuses_the_blocks_that_pay(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 14, 15, 8)).astype("float32")
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)
+    # Nothing worth fusing: builtin ops, and no warning (that is the choice, not a miss).
+    small = keras.Input((7, 7, 8), batch_size=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"to_tflite\(fused_attention")
+        report = to_tflite(keras.Model(small, keras_attn.CBAM(reduction_ratio=2)(small)),
+                           tmp_path / "auto_small.tflite", fused_attention="auto")
+    assert "KerasAttnCBAM" not in report.op_counts and report.op_counts["LOGISTIC"] == 2
     for precision in ("float32", "int8"):
         assert auto_fuses("KerasAttnCBAM", (1, 14, 14, 64), precision)
         assert not auto_fuses("KerasAttnCBAM", (1, 7, 7, 2048), precision)
