@@ -2,16 +2,17 @@
 
 TFLite's int8 CONCATENATION takes one scale for all its inputs and its output, and REDUCE_MAX
 keeps its input's scale. SpatialAttention's `conv(concat([max_c(x), mean_c(x)]))` therefore ties
-x, its channel max and its channel mean to one range: the range of the concatenation, from the
-smallest mean to the largest max. Where x goes well below its channel means (a map before a
-ReLU, as in a ResNet block) its negative values are clipped, and the small mean gets few steps.
+x itself to the range of the concatenation, from the smallest channel mean to the largest
+channel max: where x goes well below its channel means (a map before a ReLU, as in a ResNet
+block) its negative values are clipped, and so is everything computed from them.
 
-The int8 form convolves each pooled map with its own half of the kernel and adds the two,
-`conv(max_c(x), k_max) + conv(mean_c(x), k_mean)`, which is the same sum in another order:
-the max keeps x's scale, the mean gets its own, and the add requantizes both. The inference-mode
-BatchNormalization is folded into the two kernels and the bias, so the gate is as many ops as
-before (ADD in place of CONCATENATION). The layers themselves are unchanged; `to_tflite` uses
-these forms for quantization="int8" only.
+The int8 form halves the channel max before the concatenation and doubles its half of the
+kernel: the same products in float (a power of two is exact). The MUL requantizes, so x and its
+max keep x's own scale and only the two pooled maps share one. One MUL on the (N, H, W, 1) map
+is the whole cost (two separate convolutions summed, which would also give the mean its own
+scale, measured slower in XNNPACK). The inference-mode BatchNormalization is folded into the
+kernel and the bias. The layers themselves are unchanged; `to_tflite` uses these forms for
+quantization="int8" only.
 """
 
 import contextlib
@@ -23,7 +24,8 @@ from keras_attn.layers._pooling import channel_axis
 
 
 def _spatial_logits(layer, x):
-    """`layer`'s gate logits with one convolution per pooled map and BatchNorm folded in."""
+    """`layer`'s gate logits with the channel max halved before the concatenation and its
+    half of the kernel doubled, BatchNorm folded in."""
     kernel = ops.convert_to_tensor(layer.conv.kernel)  # (k, k, 2, 1): max first, then mean
     bn, shift = layer.bn, None
     if bn is not None:
@@ -34,16 +36,15 @@ def _spatial_logits(layer, x):
         if bn.center:
             shift = shift + bn.beta
         kernel = kernel * scale
-
-    def conv(pooled, index):
-        return ops.conv(pooled, kernel[:, :, index : index + 1, :], padding="same",
-                        data_format=layer.data_format)
-
+    kernel = kernel * ops.reshape(ops.convert_to_tensor([2.0, 1.0]), (1, 1, 2, 1))
     axis = channel_axis(layer.data_format)
-    logits = conv(ops.max(x, axis=axis, keepdims=True), 0)
-    if shift is not None:  # right after a convolution: the converter folds it into the bias
+    pooled = ops.concatenate(
+        [ops.max(x, axis=axis, keepdims=True) * 0.5, ops.mean(x, axis=axis, keepdims=True)],
+        axis=axis)
+    logits = ops.conv(pooled, kernel, padding="same", data_format=layer.data_format)
+    if shift is not None:  # right after the convolution: the converter folds it into the bias
         logits = logits + ops.reshape(shift, (1, 1, 1, 1))
-    return logits + conv(ops.mean(x, axis=axis, keepdims=True), 1)
+    return logits
 
 
 def _spatial_call(layer):
