@@ -14,6 +14,11 @@ channel gates compile (`ChannelAttention`, `SqueezeExcite`, `CBAM(spatial=False)
 over every spatial axis, so the map runs as a 2D map of its flattened positions. Blocks with a
 spatial convolution refuse 1D and 3D layers.
 
+NaN and infinity propagate as in the Keras layer: a NaN or an infinity in the map or in the
+channel MLP's weights gives the same non-finite outputs (mean and max pooling, the ReLUs and the
+sigmoids keep NaN). One known difference: a non-finite weight in a spatial convolution's kernel
+meets the zero padding here, where TensorFlow skips the padded taps.
+
 Example:
 >>> layer = keras_attn.CBAM(reduction_ratio=8)
 >>> x = np.random.rand(1, 56, 56, 64).astype("float32")

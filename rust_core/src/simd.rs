@@ -149,6 +149,16 @@ pub fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     simd.transmute_f32s_u32s(simd.add_u32s(simd.transmute_u32s_f32s(p), scale))
 }
 
+/// `max(v, 0)` with NaN kept, as Keras' ReLU (`f32::max` would turn NaN into 0).
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// The logistic sigmoid `1 / (1 + exp(-x))` for every lane; NaN stays NaN.
 #[inline(always)]
 pub fn sigmoid<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
@@ -201,6 +211,12 @@ fn map_lane<S: Simd>(simd: S, negated_exp: bool, v: S::f32s) -> S::f32s {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relu_keeps_nan_and_infinities() {
+        assert!(relu(f32::NAN).is_nan());
+        assert_eq!([relu(-2.0), relu(3.0), relu(f32::INFINITY), relu(f32::NEG_INFINITY)], [0.0, 3.0, f32::INFINITY, 0.0]);
+    }
 
     #[test]
     fn scalar_is_always_available_and_first() {

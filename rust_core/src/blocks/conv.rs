@@ -155,7 +155,7 @@ impl WithSimd for Pointwise<'_> {
                     simd.partial_store_f32s(&mut lanes_out[..lanes], *a);
                     for (l, v) in lanes_out[..count].iter().enumerate() {
                         let value = v + conv.bias[j0 + k];
-                        out[(p0 - pixels.start + l) * width + j0 + k] = if conv.relu { value.max(0.0) } else { value };
+                        out[(p0 - pixels.start + l) * width + j0 + k] = if conv.relu { crate::simd::relu(value) } else { value };
                     }
                 }
             }
@@ -287,7 +287,7 @@ impl Conv2d {
                 .collect();
             matmul_acc(exec.level, &parts, out);
             if self.relu {
-                out.iter_mut().for_each(|v| *v = v.max(0.0));
+                out.iter_mut().for_each(|v| *v = crate::simd::relu(*v));
             }
         };
         if rows_per_task < rows {

@@ -249,7 +249,7 @@ impl Dense {
         }
         matmul_acc(level, &[(a, &self.weights)], out);
         if self.relu {
-            out.iter_mut().for_each(|v| *v = v.max(0.0));
+            out.iter_mut().for_each(|v| *v = crate::simd::relu(*v));
         }
     }
 }

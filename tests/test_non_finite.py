@@ -1,0 +1,67 @@
+"""NaN and infinity through `keras_attn.cpu.compile`: the compiled block's non-finite outputs
+are exactly the Keras layer's (same NaN mask, same infinity mask), for a NaN or an infinity in
+the map, values near the float32 maximum, and a NaN weight of the channel MLP."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import keras_attn  # noqa: E402
+from keras_attn import cpu  # noqa: E402
+
+LAYERS = {
+    "cbam": lambda: keras_attn.CBAM(reduction_ratio=2),
+    "se": lambda: keras_attn.SqueezeExcite(reduction_ratio=2),
+    "bam": lambda: keras_attn.BAM(reduction_ratio=2),
+    "channel_max": lambda: keras_attn.ChannelAttention(reduction_ratio=2, pool_types=("max",)),
+    "spatial": lambda: keras_attn.SpatialAttention(),
+}
+
+
+def _map(case):
+    x = np.random.default_rng(0).normal(size=(2, 9, 7, 16)).astype(np.float32)
+    if case == "nan":
+        x[0, 3, 2, 5] = np.nan
+    elif case == "inf":
+        x[0, 3, 2, 5] = np.inf
+    elif case == "near_max":  # sums over these overflow in float32
+        x[0, 3, 2, :] = 3.3e38
+        x[1, :, 4, 7] = -3.0e38
+    return x
+
+
+def _assert_same_non_finite(got, want, values=True):
+    for name, test in [("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)]:
+        np.testing.assert_array_equal(test(got), test(want), err_msg=f"{name} mask")
+    if values:
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "near_max"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_non_finite_inputs_match_keras(name, case):
+    layer = LAYERS[name]()
+    x = _map(case)
+    layer(x)
+    want = np.asarray(layer(x, training=False))
+    assert case == "near_max" or not np.isfinite(want).all()
+    # Near the float32 maximum the finite values differ where TensorFlow flushes a subnormal
+    # gate to zero; what must agree is where the output overflows.
+    _assert_same_non_finite(cpu.compile(layer)(x), want, values=case != "near_max")
+
+
+@pytest.mark.parametrize("name", ["cbam", "se", "bam", "channel_max"])
+def test_a_nan_weight_matches_keras(name):
+    layer = LAYERS[name]()
+    x = _map("finite")
+    layer(x)
+    # The first weight of each of these layers is its channel MLP's first kernel.
+    kernel = layer.weights[0]
+    values = kernel.numpy()
+    values.flat[0] = np.nan
+    kernel.assign(values)
+    want = np.asarray(layer(x, training=False))
+    assert np.isnan(want).any()
+    _assert_same_non_finite(cpu.compile(layer)(x), want)
