@@ -177,8 +177,6 @@ class Runtime:
             raise ValueError(
                 f"`inputs` must all have the same batch size; got {[len(a) for a in arrays]}."
             )
-        if count == batch:
-            return self._runtime.run(arrays)
         same_batch = all(s[:1] == (batch,) for s in self.input_shapes + self.output_shapes)
         if not same_batch:
             raise ValueError(

@@ -159,11 +159,18 @@ pub fn relu(v: f32) -> f32 {
     }
 }
 
-/// The logistic sigmoid `1 / (1 + exp(-x))` for every lane; NaN stays NaN.
+/// Where the sigmoid falls below the smallest normal float32 (`1 / (1 + e^87.34)`).
+const SIGMOID_ZERO_BELOW: f32 = -87.33;
+
+/// The logistic sigmoid `1 / (1 + exp(-x))` for every lane; NaN stays NaN, and values too
+/// small for a normal float32 are 0.
 #[inline(always)]
 pub fn sigmoid<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     let one = simd.splat_f32s(1.0);
     let y = simd.div_f32s(one, simd.add_f32s(one, exp(simd, simd.neg_f32s(x))));
+    // Below -87.33 the sigmoid is subnormal, and TensorFlow (flushing subnormals) gives 0: so
+    // must we, or a huge value times the gate stays finite (and -inf gives inf, not NaN).
+    let y = simd.select_f32s(simd.less_than_f32s(x, simd.splat_f32s(SIGMOID_ZERO_BELOW)), simd.splat_f32s(0.0), y);
     // Clamping inside `exp` would turn NaN into a number on some levels.
     simd.select_f32s(simd.equal_f32s(x, x), y, x)
 }
@@ -234,7 +241,7 @@ mod tests {
 
     #[test]
     fn sigmoid_matches_f64_on_every_level() {
-        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).chain([f32::NAN, 1e30, -1e30]).collect();
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).chain([f32::NAN, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY]).collect();
         for level in Level::available() {
             let mut ys = xs.clone();
             sigmoid_in_place(level, &mut ys);
@@ -246,6 +253,8 @@ mod tests {
                 let want = 1.0 / (1.0 + (-(x as f64)).exp());
                 assert!((y as f64 - want).abs() <= 3e-7 * want + 1e-30,
                     "{}: sigmoid({x}) = {y}, want {want}", level.name());
+                // Subnormal results are flushed to 0, as TensorFlow does.
+                assert!(x >= -87.33 || y == 0.0, "{}: sigmoid({x}) = {y}, want 0", level.name());
             }
         }
     }
