@@ -11,8 +11,10 @@ saves XNNPACK one pass over the map (two reads and a write) and one partition bo
 input, gets `residual=1` (and `relu=1` when a ReLU follows) in its attributes and config
 vector, and writes the ADD's (or the ReLU's) output tensor; the ADD and RELU ops go. For the
 int8 variant the quantization vector gains the shortcut's scale and zero point, and the output
-quantization becomes that of the ADD's (or ReLU's) output. See rust_core/src/litert/ops.rs for
-the kernels' side.
+quantization becomes that of the ADD's (or ReLU's) output. On 1x1 maps the converter adds the
+shortcut as a bias, through a RESHAPE to (C,): the op takes the RESHAPE's input instead, and the
+RESHAPE goes too when nothing else reads it. See rust_core/src/litert/ops.rs for the kernels'
+side.
 """
 
 import numpy as np
