@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs keras-attn with its test extras (building the Rust core with maturin), then runs the
-# Rust tests, the Python suite on the TensorFlow backend, and the layer tests once more on JAX.
+# Rust tests, clippy (warnings are errors), the Python suite on the TensorFlow backend, and the layer tests once more on JAX.
 # The Python tests run on every core (pytest-xdist; a test file stays on one worker, so the
 # models a file exports once are shared by its tests; PYTEST_WORKERS=0 runs them without workers).
 #
@@ -18,6 +18,9 @@ esac
 python -m pip install --upgrade --quiet pip
 python -m pip install --quiet -e ".[test]"
 cargo test --release --quiet
+# Clippy's default lints, those for `unsafe` code among them (a missing `# Safety` section,
+# dereferencing a raw-pointer argument of a safe function).
+cargo clippy --release --quiet -p keras-attn-core --all-targets --features python -- -D warnings
 if [[ $all == 1 ]]; then
   # ARM boards: the scalar and NEON kernels must at least compile for aarch64.
   rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \

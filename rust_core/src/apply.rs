@@ -55,6 +55,7 @@ pub fn apply_gates(exec: Exec, x: &[f32], dims: Dims, channel: Option<&[f32]>, s
 
 /// `out = x * (1 + sigmoid(fuse(channel_logits[n, c], spatial_logits[n, h, w])))`, then the
 /// epilogue.
+#[allow(clippy::too_many_arguments)] // the map, both logits, the fusion, the epilogue, the output
 pub fn apply_bam(
     exec: Exec,
     x: &[f32],

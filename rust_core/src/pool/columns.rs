@@ -50,7 +50,8 @@ pub(crate) fn columns(
     if split_rows {
         // The tree's top levels: bands that are its subtrees at one depth, reduced in parallel,
         // then combined pairwise as the tree does; so the result is the same on any thread count.
-        let mut bands = vec![0..rows];
+        let mut bands = Vec::with_capacity(8 * exec.threads);
+        bands.push(0..rows);
         // A few bands per thread, claimed as the threads come: a worker that wakes late takes
         // fewer of them.
         while bands.len() < 4 * exec.threads && bands.iter().all(|b| b.len() > LEAF_ROWS) {
