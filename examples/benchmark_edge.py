@@ -4,7 +4,7 @@ threads, with the attention blocks as builtin ops, as keras-attn's fused custom 
 
     python examples/benchmark_edge.py [--depth 50] [--size 224] [--runs 20] [--out bench_edge]
                                       [--attention cbam se bam] [--quantization float32 int8]
-                                      [--threads 1 2] [--boundaries] [--verbose]
+                                      [--threads 1 2] [--boundaries] [--reuse] [--verbose]
 
 Prints one markdown table: median milliseconds per image (batch 1) in every precision and thread
 column, with the attention overhead over the plain ResNet of the same precision and threads.
@@ -98,7 +98,7 @@ def _alone_ms(layer, shape, folder, runs):
 
 def _export(models, args, calibration):
     """`{(precision, model name, variant): (path, has fused ops)}` for every model to time."""
-    from keras_attn.export import to_tflite
+    from keras_attn.export import read_tflite, to_tflite
 
     files = {}
     for precision in args.quantization:
@@ -106,10 +106,14 @@ def _export(models, args, calibration):
         for name, model in models.items():
             for variant in ("builtin",) if name == "plain" else VARIANTS:
                 path = os.path.join(args.out, f"{name}_{variant}_{precision}.tflite")
-                report = to_tflite(model, path, "int8" if int8 else None,
-                                   representative_data=calibration if int8 else None,
-                                   fused_attention=VARIANTS[variant])
-                fused = any(op.startswith("KerasAttn") for op in report.op_counts)
+                if args.reuse and os.path.exists(path):
+                    ops = read_tflite(path).custom_ops()
+                else:
+                    report = to_tflite(model, path, "int8" if int8 else None,
+                                       representative_data=calibration if int8 else None,
+                                       fused_attention=VARIANTS[variant])
+                    ops = list(report.op_counts)
+                fused = any(op.startswith("KerasAttn") for op in ops)
                 files[precision, name, variant] = (path, fused)
     return files
 
@@ -166,6 +170,32 @@ def _table(files, timed, args):
     return "\n".join(lines)
 
 
+def _agreement(models, files, args, x):
+    """One table row per model: how closely each precision's LiteRT model follows Keras."""
+    from keras_attn import edge
+
+    header = ["model", "attention ops"] + [
+        "float32: max abs difference / max abs logit" if p == "float32" else "int8: cosine"
+        for p in args.quantization]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, model in models.items():
+        want = np.asarray(model(x, training=False), np.float64).ravel()
+        for variant in ("builtin",) if name == "plain" else VARIANTS:
+            cells = []
+            for precision in args.quantization:
+                got = np.asarray(edge.Runtime(files[precision, name, variant][0], threads=1)(x),
+                                 np.float64).ravel()
+                if precision == "float32":
+                    cells.append(f"{np.abs(got - want).max() / np.abs(want).max():.1e}")
+                else:
+                    cosine = got @ want / (np.linalg.norm(got) * np.linalg.norm(want))
+                    cells.append(f"{cosine:.5f}")
+            label = f"{'PLAIN' if name == 'plain' else name.upper()} ResNet-{args.depth}"
+            lines.append(f"| {label} | {'-' if name == 'plain' else variant} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _boundaries(models, timed, args):
     import keras_attn
 
@@ -200,6 +230,9 @@ def main(argv=None):
     parser.add_argument("--calibration-images", type=int, default=4)
     parser.add_argument("--boundaries", action="store_true",
                         help="also time each fused block alone (float32, 1 thread)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the .tflite files already in --out instead of exporting "
+                             "them again (same --depth, --size and model names)")
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's and LiteRT's own log lines")
     args = parser.parse_args(argv)
@@ -210,7 +243,11 @@ def main(argv=None):
     logs.quiet(args.verbose)  # before TensorFlow is imported
     from keras_attn.models import resnet
 
+    import keras
+
     os.makedirs(args.out, exist_ok=True)
+    # The same weights in every run, so that --reuse compares files with the models they hold.
+    keras.utils.set_random_seed(0)
     models = {
         name: resnet(args.depth, attention=None if name == "plain" else name,
                      input_shape=(args.size, args.size, 3), classifier_activation=None)
@@ -229,6 +266,8 @@ def main(argv=None):
           "builtin-op models at their faster runtime (i: LiteRT interpreter, else "
           "keras_attn.edge.Runtime)\n")
     print(table)
+    print("\nAgreement with the Keras model on the same image (batch 1):\n")
+    print(_agreement(models, files, args, x))
     if boundaries:
         print("\nFused ops alone vs inside the model (float32, 1 thread, ms per image):\n")
         print(boundaries)
