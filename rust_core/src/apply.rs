@@ -7,7 +7,7 @@
 
 use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
-use crate::simd::{neg_exp_in_place, sigmoid};
+use crate::simd::{neg_exp_in_place, relu_f32s, sigmoid};
 use pulp::{Simd, WithSimd};
 
 /// How BAM combines its channel and spatial logits before the sigmoid.
@@ -170,7 +170,7 @@ impl WithSimd for GateLeaf<'_> {
                     Some((head, tail)) => simd.add_f32s(v, i.map_or_else(|| simd.partial_load_f32s(tail), |i| head[i])),
                     None => v,
                 };
-                if epilogue.relu { relu(simd, v) } else { v }
+                if epilogue.relu { relu_f32s(simd, v) } else { v }
             };
             for (i, (xv, o)) in x_head.iter().zip(out_head.iter_mut()).enumerate() {
                 *o = finish(gate(simd, combine, *xv, row, col_head.get(i).copied().unwrap_or(one)), Some(i));
@@ -179,14 +179,6 @@ impl WithSimd for GateLeaf<'_> {
             simd.partial_store_f32s(out_tail, last);
         }
     }
-}
-
-/// `max(v, 0)` that keeps NaN (as `tf.nn.relu` does), where a plain `max` may return either
-/// operand for NaN.
-#[inline(always)]
-fn relu<S: Simd>(simd: S, v: S::f32s) -> S::f32s {
-    let zero = simd.splat_f32s(0.0);
-    simd.select_f32s(simd.less_than_f32s(v, zero), zero, v)
 }
 
 #[inline(always)]

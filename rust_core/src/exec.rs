@@ -90,14 +90,6 @@ impl Exec {
             items.into_iter().for_each(|item| f(item, self));
         }
     }
-
-    /// `len` split into about `4 * threads` ranges of whole multiples of `unit` (the last one
-    /// shorter), for passes that share out rows.
-    pub fn ranges(self, len: usize, unit: usize) -> Vec<std::ops::Range<usize>> {
-        let units = len.div_ceil(unit.max(1));
-        let per_part = units.div_ceil(4 * self.threads).max(1) * unit.max(1);
-        (0..len).step_by(per_part).map(|start| start..(start + per_part).min(len)).collect()
-    }
 }
 
 /// The number of cores this process may use.

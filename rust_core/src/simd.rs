@@ -159,6 +159,13 @@ pub fn relu(v: f32) -> f32 {
     }
 }
 
+/// [`relu`] on every lane (a vector `max` may return either operand for NaN).
+#[inline(always)]
+pub fn relu_f32s<S: Simd>(simd: S, v: S::f32s) -> S::f32s {
+    let zero = simd.splat_f32s(0.0);
+    simd.select_f32s(simd.less_than_f32s(v, zero), zero, v)
+}
+
 /// Where the sigmoid falls below the smallest normal float32 (`1 / (1 + e^87.34)`).
 const SIGMOID_ZERO_BELOW: f32 = -87.33;
 

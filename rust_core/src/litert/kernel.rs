@@ -161,8 +161,7 @@ pub unsafe fn fused_weights_are_constant(api: &Api, model: Handle) -> bool {
 }
 
 /// Whether the constant config vector `tensor` of a fused op asks for the residual epilogue
-/// (its `residual` attribute, second to last: see [`OpKind::keys`]); None when it is not a
-/// readable constant of int32 values.
+/// (see [`OpKind::epilogue`]); None when it is not a readable constant of int32 values.
 ///
 /// # Safety
 /// `tensor` is a live `LiteRtTensor`.
@@ -175,8 +174,8 @@ unsafe fn residual_config(api: &Api, tensor: Handle) -> Option<bool> {
         return None;
     }
     // SAFETY: LiteRT hands out `size` readable bytes of the constant; read unaligned.
-    let value = |i: usize| std::ptr::read_unaligned((bytes as *const u8).add(4 * i) as *const i32);
-    Some(value(size / 4 - 2) == 1)
+    let values: Vec<i64> = (0..size / 4).map(|i| std::ptr::read_unaligned((bytes as *const u8).add(4 * i) as *const i32).into()).collect();
+    Some(OpKind::epilogue(&values).0)
 }
 
 static KERNEL: CustomOpKernel = CustomOpKernel { init, get_output_layouts, run, destroy };

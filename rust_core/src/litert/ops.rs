@@ -247,10 +247,6 @@ impl Block {
         }
     }
 
-    pub fn forward_int8(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, out: &mut [i8]) {
-        self.forward_int8_with(exec, x, dims, q, Epilogue::NONE, out);
-    }
-
     pub fn forward_int8_with(&self, exec: Exec, x: &[i8], dims: Dims, q: Quantization, epilogue: QuantizedEpilogue, out: &mut [i8]) {
         match self {
             Block::Cbam(b) => b.forward_int8_with(exec, x, dims, q, epilogue, out),
