@@ -70,8 +70,9 @@ def _randomize(model, seed=0):
         variable.assign(rng.uniform(low, low + 1.0, variable.shape).astype(variable.dtype))
 
 
-def _producer(tensor):
-    return tensor._keras_history[0].name
+def _producer(model, tensor):
+    """The name of the layer of `model` that outputs `tensor`."""
+    return next(layer.name for layer in model.layers if layer.output is tensor)
 
 
 def test_cbam_goes_on_every_residual_branch_and_weights_are_kept(tmp_path):
@@ -83,11 +84,11 @@ def test_cbam_goes_on_every_residual_branch_and_weights_are_kept(tmp_path):
     cbams = [layer for layer in model.layers if isinstance(layer, keras_attn.CBAM)]
     assert [layer.name for layer in cbams] == ["block1_add_cbam", "block2_add_cbam"]
     assert model.name == base.name and model.layers[0].name == base.layers[0].name
-    assert [_producer(t) for t in model.get_layer("block1_add").input] == [
+    assert [_producer(model, t) for t in model.get_layer("block1_add").input] == [
         "stem",
         "block1_add_cbam",
     ]
-    assert [_producer(t) for t in model.get_layer("block2_add").input] == [
+    assert [_producer(model, t) for t in model.get_layer("block2_add").input] == [
         "block2_add_cbam",
         "block2_project",
     ]
@@ -151,7 +152,7 @@ def test_where_places_attention_after_chosen_layers():
     model = insert_attention(
         base, "cbam", where=lambda layer: layer.name == "conv2", **CBAM_KWARGS
     )
-    assert [_producer(t) for t in keras.tree.flatten(model.get_layer("flatten").input)] == [
+    assert [_producer(model, t) for t in keras.tree.flatten(model.get_layer("flatten").input)] == [
         "conv2_cbam"
     ]
     assert sum(isinstance(layer, keras_attn.CBAM) for layer in model.layers) == 1
@@ -209,7 +210,7 @@ def test_resnet50_gets_16_cbam_layers_and_keeps_every_weight():
         for block in range(1, blocks + 1)
     }
     # The residual branch ends in the block's last BatchNormalization.
-    assert _producer(cbams[0].input) == "conv2_block1_3_bn"
+    assert _producer(model, cbams[0].input) == "conv2_block1_3_bn"
     for layer in base.layers:
         for new, old in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
             np.testing.assert_array_equal(new, old)
@@ -222,7 +223,7 @@ def test_keras_attn_resnet18_gets_one_cbam_per_block():
     cbams = [layer for layer in model.layers if isinstance(layer, keras_attn.CBAM)]
     assert len(cbams) == 8
     # The authors' blocks add the residual branch first; the shortcut stays bare.
-    assert [_producer(t) for t in model.get_layer("layer1.0.add").input] == [
+    assert [_producer(model, t) for t in model.get_layer("layer1.0.add").input] == [
         "layer1.0.add_cbam",
         "maxpool",
     ]
@@ -237,3 +238,51 @@ def test_inserted_model_exports_to_litert(tmp_path):
     path = tmp_path / "model.tflite"
     to_tflite(model, path)
     np.testing.assert_allclose(LiteRTModel(path)(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_shared_layer_gets_attention_after_each_call():
+    inputs = keras.Input((8, 8, 3))
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    x = shared(shared(inputs))
+    base = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="head")(x))
+    model = insert_attention(base, "cbam", where=lambda layer: layer.name == "shared",
+                             **CBAM_KWARGS)
+    cbams = [layer for layer in model.layers if isinstance(layer, keras_attn.CBAM)]
+    assert [c.name for c in cbams] == ["shared_cbam", "shared_cbam_2"]
+    assert _producer(model, model.get_layer("head").input) == "shared_cbam_2"
+
+
+def _cosine(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.tf_only
+def test_inserted_model_exports_fused_with_the_residual_epilogue(tmp_path):
+    """The fused LiteRT export of an inserted model: each inserted CBAM and the merge after it
+    become one op, in float32 and int8, and `keras_attn.edge.Runtime` runs them like Keras."""
+    pytest.importorskip("ai_edge_litert", reason="keras_attn.edge runs models in ai-edge-litert")
+    from keras_attn import edge
+    from keras_attn.export import read_tflite, to_tflite
+
+    base = _residual_model()
+    _randomize(base)
+    model = insert_attention(base, "cbam", **CBAM_KWARGS)
+    data = np.random.default_rng(3).standard_normal((16, 6, 7, 4)).astype("float32")
+    want = np.asarray(model(data, training=False))
+
+    path = tmp_path / "fused.tflite"
+    to_tflite(model, path, fused_attention=True)
+    counts = read_tflite(path).op_counts()
+    assert counts["KerasAttnCBAM"] == 2 and "ADD" not in counts
+    runtime = edge.Runtime(path, threads=1)
+    got = np.concatenate([runtime(data[i : i + 1]) for i in range(len(data))])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    path = tmp_path / "fused_int8.tflite"
+    to_tflite(model, path, "int8", representative_data=data, fused_attention=True)
+    counts = read_tflite(path).op_counts()
+    assert counts["KerasAttnCBAM"] == 2 and "ADD" not in counts
+    runtime = edge.Runtime(path, threads=1)
+    got = np.concatenate([runtime(data[i : i + 1]) for i in range(len(data))])
+    assert _cosine(got, want) >= 0.99

@@ -1,5 +1,7 @@
 """`insert_attention`: attention layers added to an existing functional model, weights kept."""
 
+import collections
+
 import keras
 
 from keras_attn.layers._base import AttentionLayer
@@ -51,38 +53,65 @@ def insert_attention(model, attention="cbam", *, where=None, **attention_kwargs)
     _check_functional(model)
     cls = _attention_class(attention)
     kind = _kind_name(attention, cls)
-    if where is None:
-        targets = _residual_merges(model)
-        if not targets:
+    if where is not None and not callable(where):
+        raise TypeError(f"`where` must be None or a callable(layer) -> bool; got {where!r}.")
+
+    # `clone_model` calls `call` once per call node of the graph, in a topological order, with
+    # the cloned layer and the new tensors: the tensors' depths (layers on the longest path
+    # from an input) are known by the time a merge needs them.
+    depths = {}  # id(new tensor) -> (tensor, depth); the tensor kept so that its id stays its own
+    calls = collections.Counter()  # layer name -> attention layers placed for it so far
+    inserted = []
+
+    def depth(tensor):
+        return depths.get(id(tensor), (None, 0))[1]
+
+    def attend(layer, x):
+        # A shared layer (called more than once) gets one attention layer per call.
+        calls[layer.name] += 1
+        suffix = "" if calls[layer.name] == 1 else f"_{calls[layer.name]}"
+        kwargs = {"dtype": layer.dtype_policy, **attention_kwargs}
+        inserted.append(cls(name=f"{layer.name}_{kind}{suffix}", **kwargs))
+        return inserted[-1](x)
+
+    def call(layer, *args, **kwargs):
+        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        level = 1 + max((depth(t) for t in inputs), default=-1)
+        if where is None:
+            if _is_residual_merge(layer, args):
+                pair = list(args[0])
+                # The deeper input is the residual branch; on a tie, the second (Keras' order).
+                residual = 0 if depth(pair[0]) > depth(pair[1]) else 1
+                pair[residual] = attend(layer, pair[residual])
+                args = (pair, *args[1:])
+            outputs = layer(*args, **kwargs)
+        else:
+            outputs = layer(*args, **kwargs)
+            # `where` sees the layer of `model`, not its clone.
+            if where(model.get_layer(layer.name)):
+                outputs = attend(layer, _one_map(layer, outputs))
+        for tensor in keras.tree.flatten(outputs):
+            depths[id(tensor)] = (tensor, level)
+        return outputs
+
+    # New inputs named like the original ones (a clone's would be named after its tensors).
+    input_names = {
+        id(layer.output): layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.InputLayer)
+    }
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=input_names[id(t)]),
+        model.input,
+    )
+    new_model = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
+    if not inserted:
+        if where is None:
             raise ValueError(
                 f"{model.name} has no residual merge (a keras.layers.Add of two 4-D maps of the "
                 "same shape); pass `where=` to choose the layers to follow with attention."
             )
-    else:
-        if not callable(where):
-            raise TypeError(f"`where` must be None or a callable(layer) -> bool; got {where!r}.")
-        targets = _chosen_layers(model, where)
-
-    def make(layer):
-        kwargs = {"dtype": layer.dtype_policy, **attention_kwargs}
-        return cls(name=f"{layer.name}_{kind}", **kwargs)
-
-    def call(layer, *args, **kwargs):
-        if layer.name not in targets:
-            return layer(*args, **kwargs)
-        if where is not None:
-            return make(layer)(layer(*args, **kwargs))
-        residual = targets[layer.name]
-        inputs = list(args[0])
-        inputs[residual] = make(layer)(inputs[residual])
-        return layer(inputs, *args[1:], **kwargs)
-
-    # New inputs named like the original ones (a clone's would be renamed otherwise).
-    inputs = keras.tree.map_structure(
-        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history[0].name),
-        model.input,
-    )
-    new_model = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
+        raise ValueError(f"`where` accepted no layer of {model.name}.")
     for layer in model.layers:
         if layer.weights:
             new_model.get_layer(layer.name).set_weights(layer.get_weights())
@@ -96,6 +125,11 @@ def _check_functional(model):
             "the functional API (`keras.Model(inputs, outputs)`), or build the attention into "
             "the Sequential model directly."
         )
+    # The one place this module leans on Keras' internals: `keras.Model(inputs, outputs)` makes
+    # an instance of Keras' `Functional` class, which Keras does not export and has no public
+    # predicate for, so the class is recognised by name. `keras.models.clone_model` makes the
+    # same distinction (it rewires only functional models). Should Keras rename the class,
+    # tests/test_insert_attention.py fails on every functional model.
     is_functional = isinstance(model, keras.Model) and any(
         c.__name__ == "Functional" for c in type(model).__mro__
     )
@@ -121,47 +155,23 @@ def _kind_name(attention, cls):
     return attention.lower() if isinstance(attention, str) else cls.__name__.lower()
 
 
-def _graph_nodes(model):
-    """The call nodes of `model`'s graph, in a topological order (inputs first).
-
-    Keras 3 records a functional model's nodes by their depth from the outputs; from the deepest
-    to depth 0 is an order in which every node comes after the nodes that feed it.
-    """
-    by_depth = model._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-
-
-def _residual_merges(model):
-    """Name -> index of the residual input, for every Add of two same-shaped 4-D maps."""
-    depths = {}  # id(tensor) -> layers on the longest path from an input
-    merges = {}
-    for node in _graph_nodes(model):
-        inputs = node.input_tensors
-        depth = 1 + max((depths[id(t)] for t in inputs), default=-1)
-        for tensor in node.output_tensors:
-            depths[id(tensor)] = depth
-        if not isinstance(node.operation, keras.layers.Add) or len(inputs) != 2:
-            continue
-        if len(inputs[0].shape) != 4 or tuple(inputs[0].shape[1:]) != tuple(inputs[1].shape[1:]):
-            continue
-        # The deeper input is the residual branch; on a tie, the second (Keras' usual order).
-        merges[node.operation.name] = 0 if depths[id(inputs[0])] > depths[id(inputs[1])] else 1
-    return merges
+def _is_residual_merge(layer, args):
+    """An `Add` of two 4-D maps of the same shape."""
+    if not isinstance(layer, keras.layers.Add) or len(args) != 1:
+        return False
+    pair = args[0]
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return False
+    shapes = [tuple(t.shape) for t in pair]
+    return len(shapes[0]) == 4 and shapes[0][1:] == shapes[1][1:]
 
 
-def _chosen_layers(model, where):
-    chosen = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or not where(layer):
-            continue
-        outputs = keras.tree.flatten(layer.output)
-        if len(outputs) != 1 or len(outputs[0].shape) != 4:
-            shapes = [tuple(t.shape) for t in outputs]
-            raise ValueError(
-                f"`where` accepted layer {layer.name!r}, whose output is not one 4-D map "
-                f"(got {shapes}); attention goes after layers that output one feature map."
-            )
-        chosen[layer.name] = None
-    if not chosen:
-        raise ValueError(f"`where` accepted no layer of {model.name}.")
-    return chosen
+def _one_map(layer, outputs):
+    flat = keras.tree.flatten(outputs)
+    if len(flat) != 1 or len(flat[0].shape) != 4:
+        shapes = [tuple(t.shape) for t in flat]
+        raise ValueError(
+            f"`where` accepted layer {layer.name!r}, whose output is not one 4-D map "
+            f"(got {shapes}); attention goes after layers that output one feature map."
+        )
+    return flat[0]
