@@ -1,6 +1,8 @@
 """NaN and infinity through `keras_attn.cpu.compile`: the compiled block's non-finite outputs
 are exactly the Keras layer's (same NaN mask, same infinity mask), for a NaN or an infinity in
-the map, values near the float32 maximum, and a NaN weight of the channel MLP."""
+the map, values near the float32 maximum, a NaN weight of the channel MLP, and a NaN or an
+infinity in a spatial convolution's kernel (where TensorFlow's convolution sums only the taps
+that read the image, and its dilated convolutions read zero padding)."""
 
 import numpy as np
 import pytest
@@ -64,4 +66,48 @@ def test_a_nan_weight_matches_keras(name):
     kernel.assign(values)
     want = np.asarray(layer(x, training=False))
     assert np.isnan(want).any()
+    _assert_same_non_finite(cpu.compile(layer)(x), want)
+
+
+SPATIAL_KERNELS = {
+    # layer, the kernel's path suffix
+    "cbam": (lambda: keras_attn.CBAM(reduction_ratio=2), "spatial_attention/conv/kernel"),
+    "spatial": (lambda: keras_attn.SpatialAttention(kernel_size=5), "conv/kernel"),
+    "bam_undilated": (
+        lambda: keras_attn.BAM(reduction_ratio=2, num_dilated_convs=1, dilation_rate=1),
+        "dilated_conv_0/kernel",
+    ),
+    "bam_dilated": (
+        lambda: keras_attn.BAM(reduction_ratio=2, num_dilated_convs=1, dilation_rate=2),
+        "dilated_conv_0/kernel",
+    ),
+}
+
+
+def set_weight(layer, suffix, index, value):
+    """Sets element `index` of the layer's weight whose path ends with `suffix` to `value`."""
+    (weight,) = [w for w in layer.weights if w.path.endswith(suffix)]
+    values = weight.numpy()
+    values[index] = value
+    weight.assign(values)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("tap", ["corner", "centre"])
+@pytest.mark.parametrize("name", list(SPATIAL_KERNELS))
+def test_a_non_finite_spatial_conv_weight_matches_keras(name, tap, value):
+    keras.utils.set_random_seed(0)
+    make, suffix = SPATIAL_KERNELS[name]
+    layer = make()
+    x = _map("finite")
+    layer(x)
+    (weight,) = [w for w in layer.weights if w.path.endswith(suffix)]
+    size = weight.shape[0]
+    index = (0, 0, 0, 0) if tap == "corner" else (size // 2, size // 2, 1, 0)
+    set_weight(layer, suffix, index, value)
+    want = np.asarray(layer(x, training=False))
+    if tap == "corner" and name != "bam_dilated":
+        # The weight meets the zero padding on two borders, where Keras skips it: a product
+        # with the padding would make those borders NaN.
+        assert not np.isnan(want).all()
     _assert_same_non_finite(cpu.compile(layer)(x), want)

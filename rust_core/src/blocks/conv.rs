@@ -3,6 +3,12 @@
 //!   plane, vectorised along image rows;
 //! - [`Conv2d`]: BAM's 1x1 and dilated 3x3 convolutions over pixel-major maps, as one matrix
 //!   product per kernel tap (vectorised over output channels).
+//!
+//! Non-finite weights: a product with zero padding turns a NaN or infinite weight into NaN on
+//! the border (NaN * 0), where TensorFlow's CPU convolution (oneDNN) sums only the taps that
+//! read the image. A kernel with such a weight is found when the convolution is built, and then
+//! only the in-image taps are summed, as TensorFlow does; a dilated [`Conv2d`] keeps the zero
+//! padding, as TensorFlow computes dilated convolutions on a zero-padded map (space to batch).
 
 use super::matmul::{matmul_acc, padded_width, Strided, Weights, COLUMN_PAD};
 use crate::exec::Exec;
@@ -17,6 +23,8 @@ pub struct PoolConv {
     /// `kernel[(ky * K + kx) * 2 + plane]`, Keras' (K, K, 2, 1) layout.
     kernel: Vec<f32>,
     bias: f32,
+    /// Whether a weight is NaN or infinite: then only the in-image taps are summed.
+    non_finite: bool,
 }
 
 impl PoolConv {
@@ -27,7 +35,7 @@ impl PoolConv {
                 kernel.len()
             ));
         }
-        Ok(PoolConv { size, kernel: kernel.to_vec(), bias })
+        Ok(PoolConv { size, kernel: kernel.to_vec(), bias, non_finite: kernel.iter().any(|v| !v.is_finite()) })
     }
 
     /// The kernel size K.
@@ -47,6 +55,9 @@ impl PoolConv {
         let pad = self.size / 2;
         assert!(window.start <= rows.start.saturating_sub(pad) && (rows.end + pad).min(h) <= window.end && window.end <= h);
         assert!(max.len() == window.len() * w && mean.len() == max.len() && out.len() == rows.len() * w);
+        if self.non_finite {
+            return self.forward_rows_in_image(max, mean, window.start, h, w, rows, out);
+        }
         // Zero-padded copies of both planes' rows. Rows are wide enough that every output
         // vector, including the last partial one of a row, loads whole vectors without a
         // bounds check.
@@ -62,6 +73,30 @@ impl PoolConv {
             }
         }
         level.dispatch(PoolConvOp { conv: self, padded: &padded, stride, rows: padded_rows, h: rows.len(), w, out });
+    }
+
+    /// [`PoolConv::forward_rows`] summing only the taps that read a pixel of the image
+    /// (`first` is the image row of the planes' first row). Scalar: it serves only kernels with
+    /// a non-finite weight.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_rows_in_image(&self, max: &[f32], mean: &[f32], first: usize, h: usize, w: usize, rows: Range<usize>, out: &mut [f32]) {
+        let (k, pad) = (self.size, self.size / 2);
+        let in_image = |i: usize, len: usize| i.checked_sub(pad).filter(|&i| i < len);
+        for (y, out_row) in rows.zip(out.chunks_exact_mut(w)) {
+            for (x, out) in out_row.iter_mut().enumerate() {
+                let mut sum = 0.0;
+                for ky in 0..k {
+                    let Some(sy) = in_image(y + ky, h) else { continue };
+                    for kx in 0..k {
+                        let Some(sx) = in_image(x + kx, w) else { continue };
+                        let p = (sy - first) * w + sx;
+                        let tap = &self.kernel[(ky * k + kx) * 2..][..2];
+                        sum += tap[0] * max[p] + tap[1] * mean[p];
+                    }
+                }
+                *out = sum + self.bias;
+            }
+        }
     }
 }
 
@@ -177,6 +212,8 @@ pub struct Conv2d {
     /// The bias, padded like the taps' columns.
     bias: Vec<f32>,
     relu: bool,
+    /// Whether only the in-image taps are summed: undilated, with a NaN or infinite weight.
+    in_image_taps: bool,
 }
 
 impl Conv2d {
@@ -194,7 +231,8 @@ impl Conv2d {
         let taps: Vec<Weights> = taps;
         let mut padded_bias = vec![0.0; taps[0].width()];
         padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Conv2d { size, dilation, taps, bias: padded_bias, relu })
+        let in_image_taps = dilation == 1 && kernel.iter().any(|v| !v.is_finite());
+        Ok(Conv2d { size, dilation, taps, bias: padded_bias, relu, in_image_taps })
     }
 
     pub fn inputs(&self) -> usize {
@@ -263,6 +301,9 @@ impl Conv2d {
         if pad == 0 {
             return self.products(exec, &terms, out);
         }
+        if self.in_image_taps {
+            return self.in_image_products(exec.level, &padded, stride, h, w, out);
+        }
         let mut grid = vec![0.0; h * stride * width];
         self.products(exec, &terms, &mut grid);
         for (y, out_row) in out.chunks_exact_mut(w * width).enumerate() {
@@ -317,10 +358,35 @@ impl Conv2d {
         }
     }
 
+    /// The undilated convolution of the zero-padded map `padded` (as [`Conv2d::forward`] pads
+    /// it) summing only the taps that read a pixel of the image: one product per tap and output
+    /// row, over the pixels where the tap lies in the image. Serial: it serves only kernels with
+    /// a non-finite weight.
+    fn in_image_products(&self, level: Level, padded: &[f32], stride: usize, h: usize, w: usize, out: &mut [f32]) {
+        let (cin, width, pad) = (self.inputs(), self.width(), self.size / 2);
+        // Tap t reads, for output pixel (y, x), padded pixel (y + t / K, x + t % K): in the image
+        // when the image pixel (y + t / K - pad, x + t % K - pad) is.
+        let in_image = |offset: usize, len: usize| pad.saturating_sub(offset)..(len + pad).saturating_sub(offset).min(len);
+        self.fill_bias(out);
+        for (t, tap) in self.taps.iter().enumerate() {
+            let (ky, kx) = (t / self.size, t % self.size);
+            let xs = in_image(kx, w);
+            if xs.is_empty() {
+                continue;
+            }
+            for y in in_image(ky, h) {
+                let view = Strided::row_major(&padded[((y + ky) * stride + xs.start + kx) * cin..][..xs.len() * cin], xs.len(), cin);
+                matmul_acc(level, &[(view, tap)], &mut out[(y * w + xs.start) * width..(y * w + xs.end) * width]);
+            }
+        }
+        if self.relu {
+            out.iter_mut().for_each(|v| *v = crate::simd::relu(*v));
+        }
+    }
+
     fn fill_bias(&self, out: &mut [f32]) {
         out.chunks_exact_mut(self.bias.len()).for_each(|row| row.copy_from_slice(&self.bias));
     }
-
 }
 
 #[cfg(test)]
@@ -328,9 +394,16 @@ mod tests {
     use super::*;
     use crate::test_util::{assert_close, data};
 
-    /// "Same" convolution of an (H, W, Cin) map with a (K, K, Cin, Cout) kernel, in f64.
+    /// "Same" convolution of an (H, W, Cin) map with a (K, K, Cin, Cout) kernel, in f64, summing
+    /// the in-image taps only.
     #[allow(clippy::too_many_arguments)]
     fn reference(x: &[f32], h: usize, w: usize, cin: usize, kernel: &[f32], k: usize, cout: usize, d: usize) -> Vec<f64> {
+        reference_padded(x, h, w, cin, kernel, k, cout, d, false)
+    }
+
+    /// [`reference`], or with `zero_padded` every tap, those outside the image reading 0.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_padded(x: &[f32], h: usize, w: usize, cin: usize, kernel: &[f32], k: usize, cout: usize, d: usize, zero_padded: bool) -> Vec<f64> {
         let pad = (d * (k - 1) / 2) as isize;
         let mut out = vec![0.0; h * w * cout];
         for y in 0..h as isize {
@@ -338,11 +411,12 @@ mod tests {
                 for ky in 0..k as isize {
                     for kx in 0..k as isize {
                         let (sy, sx) = (y + ky * d as isize - pad, xx + kx * d as isize - pad);
-                        if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                        let outside = sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize;
+                        if outside && !zero_padded {
                             continue;
                         }
                         for ci in 0..cin {
-                            let v = x[(sy as usize * w + sx as usize) * cin + ci] as f64;
+                            let v = if outside { 0.0 } else { x[(sy as usize * w + sx as usize) * cin + ci] as f64 };
                             for co in 0..cout {
                                 let wi = ((ky as usize * k + kx as usize) * cin + ci) * cout + co;
                                 out[(y as usize * w + xx as usize) * cout + co] += v * kernel[wi] as f64;
@@ -396,6 +470,70 @@ mod tests {
                 let level = exec.level;
                 let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
                 assert_close(&got, &want, 1e-5, 1e-5, &format!("conv {h}x{w} {cin}->{cout} k{k} d{d} {}", level.name()));
+            }
+        }
+    }
+
+    /// Kernels with one NaN or infinite weight, at a corner tap (outside the image on the
+    /// border) and at the centre.
+    fn non_finite_kernels(len: usize, seed: u64) -> Vec<Vec<f32>> {
+        [(0, f32::NAN), (0, f32::INFINITY), (len / 2, f32::NEG_INFINITY), (len - 1, f32::NAN)]
+            .into_iter()
+            .map(|(i, v)| {
+                let mut kernel = data(len, seed);
+                kernel[i] = v;
+                kernel
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pool_conv_with_a_non_finite_weight_sums_the_in_image_taps() {
+        for (h, w, k) in [(1, 1, 7), (7, 9, 7), (5, 23, 3), (3, 2, 5)] {
+            let planes = data(2 * h * w, 1);
+            let (max, mean) = planes.split_at(h * w);
+            let interleaved: Vec<f32> = (0..h * w).flat_map(|p| [max[p], mean[p]]).collect();
+            for kernel in non_finite_kernels(k * k * 2, 2) {
+                let want: Vec<f64> = reference(&interleaved, h, w, 2, &kernel, k, 1, 1).iter().map(|v| v + 0.25).collect();
+                let conv = PoolConv::new(&kernel, k, 0.25).unwrap();
+                let mut out = vec![0.0; h * w];
+                conv.forward(Level::SCALAR, max, mean, h, w, &mut out);
+                let what = format!("pool conv {h}x{w} k{k} kernel {:?}", kernel.iter().position(|v| !v.is_finite()));
+                assert_close(&out, &want, 1e-5, 1e-5, &what);
+                // Rows 1.. of the image, from the planes' rows they read (as the CBAM stream
+                // pass calls it).
+                let window = 1usize.saturating_sub(k / 2)..h;
+                let mut rows_out = vec![0.0; (h - 1) * w];
+                let planes_rows = window.start * w..h * w;
+                conv.forward_rows(Level::SCALAR, &max[planes_rows.clone()], &mean[planes_rows], window, h, w, 1..h, &mut rows_out);
+                assert_close(&rows_out, &want[w..], 1e-5, 1e-5, &format!("{what}, rows 1.."));
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_with_a_non_finite_weight_sums_the_in_image_taps_undilated_and_zero_pads_dilated() {
+        for (h, w, cin, cout, k, d) in [(7, 9, 5, 3, 3, 1), (6, 5, 20, 17, 3, 1), (2, 3, 4, 2, 5, 1), (7, 9, 5, 3, 3, 2)] {
+            let x = data(h * w * cin, 3);
+            let bias = data(cout, 5);
+            for kernel in non_finite_kernels(k * k * cin * cout, 4) {
+                let want: Vec<f64> = reference_padded(&x, h, w, cin, &kernel, k, cout, d, d > 1)
+                    .chunks_exact(cout)
+                    .flat_map(|px| px.iter().zip(&bias).map(|(v, b)| v + *b as f64).collect::<Vec<_>>())
+                    .collect();
+                let conv = Conv2d::new(&kernel, k, cin, &bias, d, false).unwrap();
+                let channels_first: Vec<f32> = (0..h * w * cin).map(|i| x[(i % (h * w)) * cin + i / (h * w)]).collect();
+                let views = [
+                    Strided::row_major(&x, h * w, cin),
+                    Strided { data: &channels_first, offset: 0, rows: h * w, cols: cin, row_stride: 1, col_stride: h * w },
+                ];
+                for (view, exec) in views.into_iter().flat_map(|v| crate::test_util::execs().into_iter().map(move |e| (v, e))) {
+                    let mut out = vec![0.0; h * w * conv.width()];
+                    exec.run(|| conv.forward(exec, view, h, w, &mut out));
+                    let got: Vec<f32> = out.chunks_exact(conv.width()).flat_map(|px| px[..cout].to_vec()).collect();
+                    let what = format!("conv {h}x{w} k{k} d{d} kernel {:?} {}", kernel.iter().position(|v| !v.is_finite()), exec.level.name());
+                    assert_close(&got, &want, 1e-5, 1e-5, &what);
+                }
             }
         }
     }
