@@ -122,18 +122,23 @@ class Runtime:
 
         Returns:
             A dict: `"model_seconds"`, the time spent running the model (every op, fused or
-            not, without the copies of the inputs and outputs), and `"ops"`, one dict per fused
-            op name that ran, `{"calls", "buffer_seconds", "compute_seconds"}`.
+            not, without the copies of the inputs and outputs); `"ops"`, one dict per fused
+            op name that ran, `{"calls", "buffer_seconds", "compute_seconds"}`; and
+            `"by_shape"`, the same per op name and feature-map shape, keyed by
+            `(name, shape)` with `shape` a tuple (such as `(1, 56, 56, 256)`), in the order
+            they first ran.
         """
-        model, ops = self._runtime.take_timings()
-        return {
-            "model_seconds": model,
-            "ops": {
-                name: {"calls": calls, "buffer_seconds": buffers, "compute_seconds": compute}
-                for name, calls, buffers, compute in ops
-                if calls
-            },
-        }
+        model, entries = self._runtime.take_timings()
+        ops, by_shape = {}, {}
+        for name, shape, calls, buffers, compute in entries:
+            if not calls:
+                continue
+            by_shape[(name, tuple(shape))] = {"calls": calls, "buffer_seconds": buffers, "compute_seconds": compute}
+            total = ops.setdefault(name, {"calls": 0, "buffer_seconds": 0.0, "compute_seconds": 0.0})
+            total["calls"] += calls
+            total["buffer_seconds"] += buffers
+            total["compute_seconds"] += compute
+        return {"model_seconds": model, "ops": ops, "by_shape": by_shape}
 
     def __call__(self, inputs):
         arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]

@@ -113,7 +113,9 @@ def test_timings_count_every_fused_call_and_start_again(exported):
     assert 0 < op["compute_seconds"] and 0 < op["buffer_seconds"]
     # The fused op runs inside the model's runs.
     assert op["compute_seconds"] + op["buffer_seconds"] < timings["model_seconds"]
-    assert runtime.take_timings() == {"model_seconds": 0.0, "ops": {}}
+    # Per map shape: the one shape of this model's fused op, the same figures.
+    assert timings["by_shape"] == {("KerasAttnSE", tuple(x.shape)): op}
+    assert runtime.take_timings() == {"model_seconds": 0.0, "ops": {}, "by_shape": {}}
     # A model without fused ops has none.
     plain = edge.Runtime(builtin, threads=1)
     plain(x)

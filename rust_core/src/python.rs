@@ -272,11 +272,13 @@ impl LiteRtRuntime {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).cached_blocks()
     }
 
-    /// `(model_seconds, [(op name, calls, buffer seconds, compute seconds)])` since the last
-    /// call: the time in LiteRT's runs of the whole model, and each fused op's share of it.
-    fn take_timings(&self) -> (f64, Vec<(&'static str, u64, f64, f64)>) {
+    /// `(model_seconds, [(op name, map shape, calls, buffer seconds, compute seconds)])` since
+    /// the last call: the time in LiteRT's runs of the whole model, and each fused op's share of
+    /// it per feature-map shape.
+    #[allow(clippy::type_complexity)]
+    fn take_timings(&self) -> (f64, Vec<(&'static str, Vec<usize>, u64, f64, f64)>) {
         let (ops, model) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take_timings();
-        let ops = ops.into_iter().map(|(op, t)| (op.name(), t.calls, t.buffers.as_secs_f64(), t.compute.as_secs_f64())).collect();
+        let ops = ops.into_iter().map(|(op, shape, t)| (op.name(), shape, t.calls, t.buffers.as_secs_f64(), t.compute.as_secs_f64())).collect();
         (model.as_secs_f64(), ops)
     }
 

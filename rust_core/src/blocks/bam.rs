@@ -43,6 +43,12 @@ impl Bam {
         Ok(Bam { channel_mlp, spatial_convs, fusion })
     }
 
+    /// The same block computing its channel branch's MLP with int8 weights (see
+    /// [`Dense::with_int8_weights`]).
+    pub fn with_int8_weights(self) -> Bam {
+        Bam { channel_mlp: self.channel_mlp.into_iter().map(Dense::with_int8_weights).collect(), ..self }
+    }
+
     pub fn channels(&self) -> usize {
         self.channel_mlp[0].inputs()
     }

@@ -10,7 +10,7 @@ use crate::exec::Exec;
 use crate::layout::{Dims, Layout};
 use crate::pool::{channel_pool, each_row, image_spatial_sum_max};
 use std::ops::Range;
-use crate::simd::{sigmoid_in_place, Level};
+use crate::simd::sigmoid_in_place;
 
 /// CBAM's channel gate: `sigmoid(sum over pools of MLP(pool(x)))`, the MLP shared.
 #[derive(Clone, Debug)]
@@ -44,7 +44,7 @@ impl ChannelGate {
     }
 
     /// The gates (N * C) from the channel means and maxima (N * C each).
-    pub fn gates(&self, level: Level, mean: &[f32], max: &[f32]) -> Vec<f32> {
+    pub fn gates(&self, exec: Exec, mean: &[f32], max: &[f32]) -> Vec<f32> {
         let c = self.channels();
         let n = mean.len() / c;
         let pools: Vec<&[f32]> = [self.avg.then_some(mean), self.max.then_some(max)].into_iter().flatten().collect();
@@ -56,7 +56,7 @@ impl ChannelGate {
                 descriptors.extend_from_slice(&pool[i * c..(i + 1) * c]);
             }
         }
-        let logits = mlp(level, &[&self.hidden, &self.output], &descriptors, n * k);
+        let logits = mlp(exec, &[&self.hidden, &self.output], &descriptors, n * k);
         let width = self.output.weights.width();
         let mut gates = vec![0.0; n * c];
         for (i, image) in gates.chunks_exact_mut(c).enumerate() {
@@ -65,20 +65,25 @@ impl ChannelGate {
                 image.iter_mut().zip(row).for_each(|(g, l)| *g += l);
             }
         }
-        sigmoid_in_place(level, &mut gates);
+        sigmoid_in_place(exec.level, &mut gates);
         gates
+    }
+
+    /// The same gate computing its MLP with int8 weights (see [`Dense::with_int8_weights`]).
+    pub fn with_int8_weights(self) -> ChannelGate {
+        ChannelGate { hidden: self.hidden.with_int8_weights(), output: self.output.with_int8_weights(), ..self }
     }
 }
 
 /// Runs dense layers one after the other over `rows` input rows; returns the last layer's
 /// output, `rows` x its padded width.
-pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -> Vec<f32> {
+pub(crate) fn mlp(exec: Exec, layers: &[&Dense], input: &[f32], rows: usize) -> Vec<f32> {
     let mut current = input.to_vec();
     let mut view_stride = layers[0].inputs();
     for layer in layers {
         let view = Strided { data: &current, offset: 0, rows, cols: layer.inputs(), row_stride: view_stride, col_stride: 1 };
         let mut next = vec![0.0; rows * layer.weights.width()];
-        layer.forward(level, view, &mut next);
+        layer.forward(exec, view, &mut next);
         current = next;
         view_stride = layer.weights.width();
     }
@@ -90,12 +95,12 @@ pub(crate) fn mlp(level: Level, layers: &[&Dense], input: &[f32], rows: usize) -
 pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
     let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
     channel_pool(exec, x, dims, &mut mean, &mut max);
-    pooled_mlp(exec.level, &mean, dims, layers)
+    pooled_mlp(exec, &mean, dims, layers)
 }
 
 /// The rest of [`mean_pool_mlp`] from the channel means (`dims.n` x C).
-pub(crate) fn pooled_mlp(level: Level, mean: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
-    let logits = mlp(level, layers, mean, dims.n);
+pub(crate) fn pooled_mlp(exec: Exec, mean: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
+    let logits = mlp(exec, layers, mean, dims.n);
     let width = layers[layers.len() - 1].weights.width();
     logits.chunks_exact(width).flat_map(|row| row[..dims.c].iter().copied()).collect()
 }
@@ -124,6 +129,12 @@ impl Cbam {
         self.channels
     }
 
+    /// The same block computing its channel gate's MLP with int8 weights (see
+    /// [`Dense::with_int8_weights`]).
+    pub fn with_int8_weights(self) -> Cbam {
+        Cbam { channel: self.channel.map(ChannelGate::with_int8_weights), ..self }
+    }
+
     /// `out` = the block applied to `x`.
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
         self.forward_with(exec, x, dims, Epilogue::NONE, out);
@@ -139,7 +150,7 @@ impl Cbam {
             let gates = self.channel.as_ref().map(|gate| {
                 let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
                 channel_pool(exec, x, dims, &mut mean, &mut max);
-                gate.gates(exec.level, &mean, &max)
+                gate.gates(exec, &mean, &max)
             });
             if let (Some(conv), Layout::ChannelsLast) = (&self.spatial, dims.layout) {
                 return self.stream_spatial(exec, conv, x, dims, gates.as_deref(), epilogue, out);
@@ -237,7 +248,7 @@ mod tests {
     fn unfused(cbam: &Cbam, exec: Exec, x: &[f32], dims: Dims) -> Vec<f32> {
         let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
         channel_pool(exec, x, dims, &mut mean, &mut max);
-        let g = cbam.channel.as_ref().unwrap().gates(exec.level, &mean, &max);
+        let g = cbam.channel.as_ref().unwrap().gates(exec, &mean, &max);
         let mut scaled = vec![0.0; x.len()];
         apply_gates(exec, x, dims, Some(&g), None, Epilogue::NONE, &mut scaled);
         let mut pooled = vec![0.0; dims.n * dims.pixels() * 2];

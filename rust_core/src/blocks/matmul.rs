@@ -3,6 +3,8 @@
 //! padded to whole vectors. Blocked like a GEMM: a block of weight rows stays in L1 while row
 //! tiles of `A` go through it, with register tiles of 4 rows by 1-2 vectors.
 
+use super::dense_int8::Int8Weights;
+use crate::exec::Exec;
 use crate::simd::Level;
 use pulp::{Simd, WithSimd};
 
@@ -221,6 +223,8 @@ pub struct Dense {
     pub weights: Weights,
     bias: Vec<f32>,
     pub relu: bool,
+    /// Used instead of `weights` when set (see [`Dense::with_int8_weights`]).
+    int8: Option<Int8Weights>,
 }
 
 impl Dense {
@@ -230,7 +234,13 @@ impl Dense {
         let weights = Weights::new(kernel, inputs, outputs)?;
         let mut padded_bias = vec![0.0; weights.width()];
         padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Dense { weights, bias: padded_bias, relu })
+        Ok(Dense { weights, bias: padded_bias, relu, int8: None })
+    }
+
+    /// The same layer computing with its weights quantized to int8 per output (see
+    /// `dense_int8.rs`), for the int8 ops; unchanged when a weight is not finite.
+    pub fn with_int8_weights(self) -> Dense {
+        Dense { int8: Int8Weights::new(&self.weights), ..self }
     }
 
     pub fn inputs(&self) -> usize {
@@ -243,11 +253,14 @@ impl Dense {
 
     /// Fills `out` (`a.rows` x `self.weights.width()`, padded) with the layer applied to every
     /// row of `a`. The padding columns come out 0.
-    pub fn forward(&self, level: Level, a: Strided, out: &mut [f32]) {
+    pub fn forward(&self, exec: Exec, a: Strided, out: &mut [f32]) {
         for row in out.chunks_exact_mut(self.weights.width()) {
             row.copy_from_slice(&self.bias);
         }
-        matmul_acc(level, &[(a, &self.weights)], out);
+        match &self.int8 {
+            Some(q) => q.matmul_acc(exec, a, out),
+            None => matmul_acc(exec.level, &[(a, &self.weights)], out),
+        }
         if self.relu {
             out.iter_mut().for_each(|v| *v = crate::simd::relu(*v));
         }
@@ -282,7 +295,7 @@ mod tests {
             for level in Level::available() {
                 for view in views {
                     let mut out = vec![f32::NAN; rows * dense.weights.width()];
-                    dense.forward(level, view, &mut out);
+                    dense.forward(Exec::new(level, Some(1)), view, &mut out);
                     let got: Vec<f32> =
                         out.chunks_exact(dense.weights.width()).flat_map(|row| row[..outputs].to_vec()).collect();
                     assert_close(&got, &want, 1e-5, 1e-5, &format!("dense {rows}x{inputs}x{outputs} {}", level.name()));

@@ -144,7 +144,7 @@ impl Cbam {
         exec.run(|| {
             let gates = self.channel.as_ref().map(|gate| {
                 let (mean, max) = channel_pool(exec, x, dims, scale, zero_point);
-                gate.gates(exec.level, &mean, &max)
+                gate.gates(exec, &mean, &max)
             });
             let spatial = self.spatial.as_ref().map(|conv| {
                 let factor = match &gates {
@@ -187,7 +187,7 @@ impl SqueezeExcite {
         }
         exec.run(|| {
             let (mean, _) = channel_pool(exec, x, dims, q.input_scale, q.input_zero_point);
-            let mut gates = pooled_mlp(exec.level, &mean, dims, &[&self.reduce, &self.expand]);
+            let mut gates = pooled_mlp(exec, &mean, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
             let factors = output_factors(q, Some(&gates), gates.len());
             let in_range = in_range(&factors, &[1.0]) && shortcut_in_range(epilogue, q);
@@ -220,7 +220,7 @@ impl Bam {
         exec.run(|| {
             let (mean, _) = channel_pool(exec, x, dims, scale, zero_point);
             let layers: Vec<_> = self.channel_mlp.iter().collect();
-            let mut channel_logits = pooled_mlp(exec.level, &mean, dims, &layers);
+            let mut channel_logits = pooled_mlp(exec, &mean, dims, &layers);
 
             let pixels = dims.pixels();
             let mut spatial_logits = vec![0.0; dims.n * pixels];

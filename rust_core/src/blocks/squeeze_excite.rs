@@ -33,6 +33,11 @@ impl SqueezeExcite {
         self.reduce.inputs()
     }
 
+    /// The same block computing its MLP with int8 weights (see [`Dense::with_int8_weights`]).
+    pub fn with_int8_weights(self) -> SqueezeExcite {
+        SqueezeExcite { reduce: self.reduce.with_int8_weights(), expand: self.expand.with_int8_weights() }
+    }
+
     pub fn forward(&self, exec: Exec, x: &[f32], dims: Dims, out: &mut [f32]) {
         self.forward_with(exec, x, dims, Epilogue::NONE, out);
     }

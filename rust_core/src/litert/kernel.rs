@@ -37,8 +37,8 @@ pub struct OpState {
 pub struct Kernels {
     threads: Option<usize>,
     errors: Mutex<Vec<String>>,
-    /// Per op of [`OpKind::ALL`].
-    timings: Mutex<[OpTimings; 3]>,
+    /// Per op and feature-map shape, in the order they first ran.
+    timings: Mutex<Vec<(OpKind, Vec<usize>, OpTimings)>>,
     /// None: every run builds its block from the weights.
     blocks: Option<BlockCache>,
     states: Vec<OpState>,
@@ -86,16 +86,23 @@ impl Kernels {
         std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Each op's timings since the last call, cleared.
-    pub fn take_timings(&self) -> Vec<(OpKind, OpTimings)> {
-        let timings = std::mem::take(&mut *self.timings.lock().unwrap_or_else(|e| e.into_inner()));
-        OpKind::ALL.into_iter().zip(timings).collect()
+    /// Each op's timings since the last call per feature-map shape (the shape of its input 0;
+    /// empty when a call could not read it), cleared.
+    pub fn take_timings(&self) -> Vec<(OpKind, Vec<usize>, OpTimings)> {
+        std::mem::take(&mut *self.timings.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn add_timing(&self, op: OpKind, buffers: Duration, compute: Duration) {
-        let index = OpKind::ALL.iter().position(|&o| o == op).expect("every op is in OpKind::ALL");
+    fn add_timing(&self, op: OpKind, shape: Vec<usize>, buffers: Duration, compute: Duration) {
         let mut timings = self.timings.lock().unwrap_or_else(|e| e.into_inner());
-        let t = &mut timings[index];
+        // A network has a handful of (op, shape) pairs: a linear search is enough.
+        let index = match timings.iter().position(|(o, s, _)| *o == op && *s == shape) {
+            Some(index) => index,
+            None => {
+                timings.push((op, shape, OpTimings::default()));
+                timings.len() - 1
+            }
+        };
+        let t = &mut timings[index].2;
         (t.calls, t.buffers, t.compute) = (t.calls + 1, t.buffers + buffers, t.compute + compute);
     }
 
@@ -296,6 +303,7 @@ unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const 
     let mut locked = Vec::with_capacity(inputs.len());
     let mut zero_point = None;
     let mut compute = (start, start);
+    let mut map_shape = Vec::new();
     // Guarded here too, so that the buffers are unlocked after a panic.
     let result = ffi::guard(&format!("{} Run", state.op.name()), || {
         let mut shapes = Vec::with_capacity(inputs.len());
@@ -324,6 +332,9 @@ unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const 
             shapes.push(shape);
             datas.push(data);
         }
+        if let Some(first) = shapes.first() {
+            map_shape.clone_from(first);
+        }
         let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
         zero_point = ops::output_zero_point(state.op, &tensors);
         let exec = Exec::new(Level::active(), kernels.threads);
@@ -346,7 +357,7 @@ unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const 
     }
     (api.LiteRtUnlockTensorBuffer)(output);
     let compute_time = compute.1.saturating_duration_since(compute.0);
-    kernels.add_timing(state.op, start.elapsed().saturating_sub(compute_time), compute_time);
+    kernels.add_timing(state.op, map_shape, start.elapsed().saturating_sub(compute_time), compute_time);
     OK
 }
 

@@ -226,6 +226,16 @@ pub enum Block {
 }
 
 impl Block {
+    /// The same block computing its MLPs with int8 weights (see [`Dense::with_int8_weights`]):
+    /// how the int8 ops run their blocks.
+    pub fn with_int8_weights(self) -> Block {
+        match self {
+            Block::Cbam(b) => Block::Cbam(b.with_int8_weights()),
+            Block::SqueezeExcite(b) => Block::SqueezeExcite(b.with_int8_weights()),
+            Block::Bam(b) => Block::Bam(b.with_int8_weights()),
+        }
+    }
+
     /// The channels of the map the block takes.
     pub fn channels(&self) -> usize {
         match self {
@@ -536,22 +546,30 @@ fn exec_for(exec: Exec, elems: usize) -> Exec {
 pub fn run<'o>(op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
     let out = out.into();
     let (config, dims, map) = prepare(op, inputs, out.len())?;
-    build(op, weights(inputs, &config), &config, dims.c)?.run(op, exec, dims, map, out)
+    build_for(op, weights(inputs, &config), &config, dims.c, &map)?.run(op, exec, dims, map, out)
 }
 
-/// What a cached block was built from: the op, its config, the map's channels and, for every
-/// weight input, where its data lies, how many values it holds and its shape.
+/// [`build`] for `map`: an int8 map's block computes its MLPs with int8 weights.
+fn build_for(op: OpKind, w: &[Tensor], config: &[i64], channels: usize, map: &Map) -> Result<Block, String> {
+    let block = build(op, w, config, channels)?;
+    Ok(if matches!(map, Map::I8(..)) { block.with_int8_weights() } else { block })
+}
+
+/// What a cached block was built from: the op, its config, the map's channels and element type
+/// (int8 or not) and, for every weight input, where its data lies, how many values it holds and
+/// its shape.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct BlockKey {
     op: OpKind,
     config: Vec<i64>,
     channels: usize,
+    int8: bool,
     weights: Vec<(usize, usize, Vec<usize>)>,
 }
 
 impl BlockKey {
     /// None when a weight is not float32 (building it fails, so there is nothing to cache).
-    fn new(op: OpKind, config: &[i64], channels: usize, weights: &[Tensor]) -> Option<BlockKey> {
+    fn new(op: OpKind, config: &[i64], channels: usize, int8: bool, weights: &[Tensor]) -> Option<BlockKey> {
         let weights = weights
             .iter()
             .map(|w| match w.data {
@@ -559,7 +577,7 @@ impl BlockKey {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(BlockKey { op, config: config.to_vec(), channels, weights })
+        Some(BlockKey { op, config: config.to_vec(), channels, int8, weights })
     }
 }
 
@@ -580,14 +598,14 @@ impl BlockCache {
     pub fn run<'o>(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
         let out = out.into();
         let (config, dims, map) = prepare(op, inputs, out.len())?;
-        let Some(key) = BlockKey::new(op, &config, dims.c, weights(inputs, &config)) else {
+        let Some(key) = BlockKey::new(op, &config, dims.c, matches!(map, Map::I8(..)), weights(inputs, &config)) else {
             return run(op, exec, inputs, out);
         };
         let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let block = match cached {
             Some(block) => block,
             None => {
-                let block = Arc::new(build(op, weights(inputs, &config), &config, dims.c)?);
+                let block = Arc::new(build_for(op, weights(inputs, &config), &config, dims.c, &map)?);
                 self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
             }
         };

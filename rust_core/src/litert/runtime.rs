@@ -226,7 +226,7 @@ impl Runtime {
 
     /// The fused ops' timings since the last call (see [`OpTimings`]), and the time spent in
     /// LiteRT's run calls (the whole model, fused ops included), cleared.
-    pub fn take_timings(&mut self) -> (Vec<(OpKind, OpTimings)>, Duration) {
+    pub fn take_timings(&mut self) -> (Vec<(OpKind, Vec<usize>, OpTimings)>, Duration) {
         let ops = self.kernels.as_ref().map(|k| k.take_timings()).unwrap_or_default();
         (ops, std::mem::take(&mut self.model_time))
     }

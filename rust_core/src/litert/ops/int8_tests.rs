@@ -37,7 +37,8 @@ fn int8_op_matches_the_block_and_the_reference() {
     run(OpKind::Cbam, Exec::single(), &all, &mut out).unwrap();
 
     let config: Vec<i64> = CONFIG.iter().map(|&v| v.into()).collect();
-    let Block::Cbam(block) = build(OpKind::Cbam, super::weights(&all, &config), &config, c).unwrap() else { panic!("not a CBAM block") };
+    // The int8 op computes its gate MLP with int8 weights.
+    let Block::Cbam(block) = build(OpKind::Cbam, super::weights(&all, &config), &config, c).unwrap().with_int8_weights() else { panic!("not a CBAM block") };
     let quantization = Quantization::from_values(q.map(f64::from)).unwrap();
     let dims = Dims { n, h, w, c, layout: Layout::ChannelsLast };
     let mut want = vec![0i8; x.len()];
@@ -94,7 +95,7 @@ fn residual_int8_op_adds_the_shortcut_and_applies_relu() {
         run(OpKind::Cbam, Exec::single(), &all, &mut out).unwrap();
 
         let config: Vec<i64> = config.iter().map(|&v| v.into()).collect();
-        let block = build(OpKind::Cbam, super::weights(&all, &config), &config, c).unwrap();
+        let block = build(OpKind::Cbam, super::weights(&all, &config), &config, c).unwrap().with_int8_weights();
         let want = residual_reference(&block, &x, dims, quantization, &shortcut, (0.04, 3), relu == 1);
         let off = out.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert!(out.iter().zip(&want).all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1), "relu {relu}");
