@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs keras-attn with its test extras (building the Rust core with maturin), then runs the
+# Installs keras-attn with its test extras (building the Rust core with maturin) and with PyTorch
+# and pytorchcv (whose models the weight conversion is checked against; about 3 GB of wheels the
+# first time, as PyTorch's PyPI builds bring their CUDA libraries), then runs the
 # Rust tests, clippy (warnings are errors), the Python suite on the TensorFlow backend, and the layer tests once more on JAX.
 # The Python tests run on every core (pytest-xdist; a test file stays on one worker, so the
 # models a file exports once are shared by its tests; PYTEST_WORKERS=0 runs them without workers).
@@ -16,7 +18,7 @@ case "${1:-}" in
   *) echo "usage: bash scripts/test.sh [--all]" >&2; exit 2 ;;
 esac
 python -m pip install --upgrade --quiet pip
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet -e ".[test,pytorchcv]"
 cargo test --release --quiet
 # Clippy's default lints, those for `unsafe` code among them (a missing `# Safety` section,
 # dereferencing a raw-pointer argument of a safe function).

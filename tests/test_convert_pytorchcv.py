@@ -4,7 +4,7 @@ The generator below writes random weights and BatchNorm statistics under the key
 shapes of pytorchcv's own model definitions (pytorchcv 0.0.74: `cbamresnet.py`, `bamresnet.py`,
 `seresnet.py`, `resnet.py`, `common/conv.py`, `common/att.py`), and the NumPy forward computes
 those modules' equations straight from that state dict; neither uses keras_attn. PyTorch is not
-needed: pytorchcv's modules are read, not run.
+needed here: pytorchcv's modules are read, not run (tests/test_pytorchcv_models.py runs them).
 """
 
 import numpy as np
