@@ -1,6 +1,6 @@
 """On Keras' torch backend a layer is a `torch.nn.Module`: a plain PyTorch training loop must see
 and train exactly its trainable weights. Run with KERAS_BACKEND=torch (see docs/backends.md); CI
-installs no torch, so there these cases skip."""
+runs tests/layers on TensorFlow and JAX only, so there these cases skip."""
 
 import keras
 import numpy as np
