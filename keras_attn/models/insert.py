@@ -36,7 +36,8 @@ def insert_attention(model, attention="cbam", *, where=None, **attention_kwargs)
     Returns:
         A new functional `keras.Model`, named like the original. The attention layers are named
         `"{layer}_{kind}"` after the merge (or the `where` layer) they serve, for example
-        `"conv2_block1_add_cbam"`.
+        `"conv2_block1_add_cbam"`; a layer called several times gets one per call, the second
+        named `"{layer}_{kind}_2"`, and so on.
 
     Raises:
         TypeError: for a model that is not functional, or `attention` of the wrong type.
