@@ -81,7 +81,7 @@ def test_without_attention_it_is_keras_mobilenet():
     assert models.mobilenet(0.25, input_shape=(32, 32, 3), name="tiny").name == "tiny"
 
 
-def test_runs_and_takes_attention_kwargs():
+def test_runs_saves_and_takes_attention_kwargs(tmp_path):
     model = models.mobilenet(0.25, attention="se", input_shape=(32, 32, 3), num_classes=3,
                              attention_kwargs={"reduction_ratio": 4}, name="se_tiny")
     ses = [layer for layer in model.layers if isinstance(layer, keras_attn.SqueezeExcite)]
@@ -91,6 +91,10 @@ def test_runs_and_takes_attention_kwargs():
     probabilities = np.asarray(model(x, training=False))
     assert probabilities.shape == (4, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    model.save(tmp_path / "se_tiny.keras")
+    loaded = keras.saving.load_model(tmp_path / "se_tiny.keras")
+    assert loaded.name == "se_tiny"
+    np.testing.assert_allclose(loaded(x, training=False), probabilities, atol=1e-6)
 
 
 def test_bad_arguments():
