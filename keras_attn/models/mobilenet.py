@@ -22,10 +22,11 @@ def mobilenet(alpha=1.0, *, attention=None, depth_multiplier=1, dropout=1e-3, we
     with `attention`, one attention layer follows each of the 26 convolutions of its 13
     depthwise-separable blocks, after the convolution's BatchNormalization and ReLU: 13 after
     the depthwise 3x3 convolutions and 13 after the pointwise 1x1 ones (none after the stem).
-    The paper does not draw this placement and the authors published no MobileNet code; it is
-    the placement that reproduces the paper's parameter counts (4.23M without attention and
-    5.07M with CBAM or SE at width 1, 2.30M and 2.71M at width 0.7), where attention after the
-    pointwise convolutions alone would add half as much (see docs/models.md).
+    We found no description of the placement in the paper, and the authors' code has no
+    MobileNet; this is the placement that reproduces the paper's parameter counts (4.23M
+    without attention and 5.07M with CBAM or SE at width 1, 2.30M and 2.71M at width 0.7),
+    where attention after the pointwise convolutions alone would add half as much (see
+    docs/models.md).
 
     Args:
         alpha: the width multiplier (the CBAM paper uses 1 and 0.7): every layer has
