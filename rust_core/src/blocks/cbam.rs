@@ -57,7 +57,7 @@ impl ChannelGate {
             }
         }
         let logits = mlp(exec, &[&self.hidden, &self.output], &descriptors, n * k);
-        let width = self.output.weights.width();
+        let width = self.output.width();
         let mut gates = vec![0.0; n * c];
         for (i, image) in gates.chunks_exact_mut(c).enumerate() {
             for p in 0..k {
@@ -82,10 +82,10 @@ pub(crate) fn mlp(exec: Exec, layers: &[&Dense], input: &[f32], rows: usize) -> 
     let mut view_stride = layers[0].inputs();
     for layer in layers {
         let view = Strided { data: &current, offset: 0, rows, cols: layer.inputs(), row_stride: view_stride, col_stride: 1 };
-        let mut next = vec![0.0; rows * layer.weights.width()];
+        let mut next = vec![0.0; rows * layer.width()];
         layer.forward(exec, view, &mut next);
         current = next;
-        view_stride = layer.weights.width();
+        view_stride = layer.width();
     }
     current
 }
@@ -101,7 +101,7 @@ pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]
 /// The rest of [`mean_pool_mlp`] from the channel means (`dims.n` x C).
 pub(crate) fn pooled_mlp(exec: Exec, mean: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
     let logits = mlp(exec, layers, mean, dims.n);
-    let width = layers[layers.len() - 1].weights.width();
+    let width = layers[layers.len() - 1].width();
     logits.chunks_exact(width).flat_map(|row| row[..dims.c].iter().copied()).collect()
 }
 

@@ -4,7 +4,7 @@
 pub mod bam;
 pub mod cbam;
 pub mod conv;
-pub mod dense_int8;
 pub mod matmul;
+pub mod panels;
 pub mod quantized;
 pub mod squeeze_excite;
