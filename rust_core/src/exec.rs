@@ -12,6 +12,13 @@ use std::sync::Mutex;
 /// Passes over fewer input elements (64 KiB of floats) run on the calling thread alone.
 pub const MIN_PARALLEL_ELEMS: usize = 1 << 14;
 
+/// A block's channel pooling, its first pass, is shared out only for maps of at least this many
+/// bytes. The pass reads its map once at the speed of the cache, so below that it takes less
+/// time than the other threads need to start working inside a network (measured on
+/// CBAM-ResNet-50 in LiteRT at 2 threads: see docs/benchmarks.md); the workers, woken when the
+/// call begins, are ready for the passes after it.
+pub const MIN_PARALLEL_POOL_BYTES: usize = 2 << 20;
+
 /// The SIMD level and thread count of a kernel call.
 #[derive(Clone, Copy, Debug)]
 pub struct Exec {
@@ -42,6 +49,16 @@ impl Exec {
     /// The same level on one thread (for work inside an already parallel loop).
     pub fn serial(self) -> Exec {
         Exec { threads: 1, ..self }
+    }
+
+    /// This call for a block's channel pooling over a map of `bytes` bytes (see
+    /// [`MIN_PARALLEL_POOL_BYTES`]): on this thread alone below that size.
+    pub fn for_pooling(self, bytes: usize) -> Exec {
+        if bytes >= MIN_PARALLEL_POOL_BYTES {
+            self
+        } else {
+            self.serial()
+        }
     }
 
     /// Whether work over `elems` elements should be split across threads.

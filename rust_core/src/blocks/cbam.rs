@@ -94,7 +94,7 @@ pub(crate) fn mlp(exec: Exec, layers: &[&Dense], input: &[f32], rows: usize) -> 
 /// and W of every channel through `layers`, `dims.n` x C without the layers' padding columns.
 pub(crate) fn mean_pool_mlp(exec: Exec, x: &[f32], dims: Dims, layers: &[&Dense]) -> Vec<f32> {
     let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
-    channel_pool(exec, x, dims, &mut mean, &mut max);
+    channel_pool(exec.for_pooling(4 * x.len()), x, dims, &mut mean, &mut max);
     pooled_mlp(exec, &mean, dims, layers)
 }
 
@@ -149,7 +149,7 @@ impl Cbam {
         exec.run(|| {
             let gates = self.channel.as_ref().map(|gate| {
                 let (mut mean, mut max) = (vec![0.0; dims.n * dims.c], vec![0.0; dims.n * dims.c]);
-                channel_pool(exec, x, dims, &mut mean, &mut max);
+                channel_pool(exec.for_pooling(4 * x.len()), x, dims, &mut mean, &mut max);
                 gate.gates(exec, &mean, &max)
             });
             if let (Some(conv), Layout::ChannelsLast) = (&self.spatial, dims.layout) {

@@ -143,7 +143,7 @@ impl Cbam {
         let (scale, zero_point) = q.input();
         exec.run(|| {
             let gates = self.channel.as_ref().map(|gate| {
-                let (mean, max) = channel_pool(exec, x, dims, scale, zero_point);
+                let (mean, max) = channel_pool(exec.for_pooling(x.len()), x, dims, scale, zero_point);
                 gate.gates(exec, &mean, &max)
             });
             let spatial = self.spatial.as_ref().map(|conv| {
@@ -186,7 +186,7 @@ impl SqueezeExcite {
             return;
         }
         exec.run(|| {
-            let (mean, _) = channel_pool(exec, x, dims, q.input_scale, q.input_zero_point);
+            let (mean, _) = channel_pool(exec.for_pooling(x.len()), x, dims, q.input_scale, q.input_zero_point);
             let mut gates = pooled_mlp(exec, &mean, dims, &[&self.reduce, &self.expand]);
             sigmoid_in_place(exec.level, &mut gates);
             let factors = output_factors(q, Some(&gates), gates.len());
@@ -218,7 +218,7 @@ impl Bam {
         }
         let (scale, zero_point) = q.input();
         exec.run(|| {
-            let (mean, _) = channel_pool(exec, x, dims, scale, zero_point);
+            let (mean, _) = channel_pool(exec.for_pooling(x.len()), x, dims, scale, zero_point);
             let layers: Vec<_> = self.channel_mlp.iter().collect();
             let mut channel_logits = pooled_mlp(exec, &mean, dims, &layers);
 
