@@ -19,6 +19,7 @@ import contextlib
 
 from keras import ops
 
+from keras_attn._keras_internals import nested_layers
 from keras_attn.layers._base import upcast
 from keras_attn.layers._pooling import channel_axis
 
@@ -68,7 +69,7 @@ def int8_forms(model):
     from keras_attn import layers
 
     swapped = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in nested_layers(model):
         if isinstance(layer, layers.SpatialAttention) and layer.built:
             layer.call = _spatial_call(layer)
             swapped.append(layer)

@@ -21,6 +21,7 @@ import contextlib
 import numpy as np
 
 from keras_attn import cpu
+from keras_attn._keras_internals import sublayers
 
 ATTRIBUTE_VERSION = 2
 OP_NAMES = ("KerasAttnCBAM", "KerasAttnSE", "KerasAttnBAM")
@@ -240,11 +241,11 @@ def fused_layers(model, select=lambda layer, op, shape: True):
             layer.call = call
             swapped.append(layer)
             return
-        for child in layer._layers if hasattr(layer, "_layers") else []:
+        for child in sublayers(layer):
             visit(child)
 
     try:
-        for layer in model._flatten_layers(include_self=False, recursive=False):
+        for layer in sublayers(model):
             visit(layer)
         yield len(swapped)
     finally:
