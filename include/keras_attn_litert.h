@@ -30,9 +30,11 @@ int keras_attn_litert_take_errors(void* handle, char* buffer, size_t size);
 /* Checks the `size` bytes at `data`, a whole .tflite file, before LiteRT reads them: LiteRT does
  * not verify the flatbuffer, and a corrupted file can crash it. Checks that every offset, vector
  * and string lies within the file, that indices of tensors, buffers, operator codes and
- * subgraphs are in range, and that constant tensors hold the bytes their shapes need. Returns 1
- * for a sound model, else 0 with the reason written into `error` (NUL-terminated, truncated to
- * `error_size`; may be NULL). */
+ * subgraphs are in range, that constant tensors hold the bytes their shapes need, and that the
+ * int8 fused ops' scales and zero points are valid and agree. Give LiteRT the bytes you verified
+ * (LiteRtCreateModelFromBuffer, the buffer kept for the model's life), not the file again.
+ * Returns 1 for a sound model, else 0 with the reason written into `error` (NUL-terminated,
+ * truncated to `error_size`; may be NULL). */
 int keras_attn_litert_verify(const void* data, size_t size, char* error, size_t error_size);
 
 /* Releases a handle from keras_attn_litert_register (NULL is ignored). */

@@ -95,7 +95,9 @@ class LiteRtRuntime:
     """A `.tflite` model in LiteRT's CompiledModel API with the fused kernels registered; built
     by `keras_attn.edge.Runtime`."""
 
-    def __init__(self, library: str, model_path: str, threads: int | None = None) -> None: ...
+    def __init__(
+        self, library: str, model: bytes, name: str, threads: int | None = None
+    ) -> None: ...
     @property
     def input_shapes(self) -> list[list[int]]: ...
     @property

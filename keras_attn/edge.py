@@ -84,7 +84,8 @@ class Runtime:
                 f"(it provides {list(OP_NAMES)})."
             )
         self.threads = threads
-        self._runtime = _rust.LiteRtRuntime(litert_library(), self.path, threads)
+        # LiteRT compiles the bytes verified above, not the file, which may change meanwhile.
+        self._runtime = _rust.LiteRtRuntime(litert_library(), data, self.path, threads)
 
     @property
     def input_shapes(self):

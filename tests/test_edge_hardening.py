@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    """name -> path of a small fused model (one CBAM, one SE node)."""
+    """name -> path of a small fused model (one CBAM, one SE node; one int8 CBAM node after a
+    convolution, with int8 input and output)."""
     folder = tmp_path_factory.mktemp("hardening")
     paths = {}
     for name, block, shape in [
@@ -37,6 +38,14 @@ def fused(tmp_path_factory):
         model = keras.Model(inputs, block(inputs))
         paths[name] = str(folder / f"{name}.tflite")
         to_tflite(model, paths[name], fused_attention=True, batch_size=1)
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5, 6, 8), batch_size=1)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras_attn.CBAM(reduction_ratio=2, kernel_size=3)(h))
+    paths["cbam_int8"] = str(folder / "cbam_int8.tflite")
+    data = np.random.default_rng(0).uniform(-1, 1, size=(8, 5, 6, 8)).astype("float32")
+    to_tflite(model, paths["cbam_int8"], "int8", representative_data=data, io_dtype="int8",
+              fused_attention=True, batch_size=1)
     return paths
 
 
@@ -87,6 +96,100 @@ def _se_weights_for_half_the_channels(model):
         model.buffers[tensor.buffer].data = np.frombuffer(values.tobytes(), np.uint8)
 
 
+def _int8_op(model):
+    operators = model.subgraphs[0].operators
+    (op,) = [o for o in operators if model.operatorCodes[o.opcodeIndex].customCode]
+    return op
+
+
+def _set_quantization_vector(index, value):
+    """A change that sets value `index` of the int8 op's quantization vector."""
+
+    def change(model):
+        tensor = model.subgraphs[0].tensors[_int8_op(model).inputs[-2]]
+        values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.float32).copy()
+        values[index] = value
+        model.buffers[tensor.buffer].data = np.frombuffer(values.tobytes(), np.uint8)
+
+    return change
+
+
+def _set_tensor_quantization(role, field, value):
+    """A change that sets the scale or zero point of the int8 op's map or output tensor."""
+
+    def change(model):
+        op = _int8_op(model)
+        tensor = model.subgraphs[0].tensors[op.inputs[0] if role == "map" else op.outputs[0]]
+        values = getattr(tensor.quantization, field).copy()
+        values[0] = value
+        setattr(tensor.quantization, field, values)
+
+    return change
+
+
+def _set_option(key, value):
+    from flatbuffers import flexbuffers
+
+    def change(model):
+        op = _int8_op(model)
+        options = flexbuffers.Loads(bytes(op.customOptions))
+        options[key] = value
+        op.customOptions = list(flexbuffers.Dumps(options))
+
+    return change
+
+
+def _vector_and_options_disagree_with_the_map(model):
+    # Consistent with each other, not with the map tensor the builtin ops quantize.
+    _set_quantization_vector(0, 0.5)(model)
+    _set_option("input_scale", float(np.float32(0.5)))(model)
+
+
+# int8 files: name -> (change, what the error says).
+INT8_CORRUPTIONS = {
+    "vector_nan_scale": (
+        _set_quantization_vector(0, np.nan), "input_scale must be a finite number > 0, got NaN"
+    ),
+    "vector_zero_scale": (
+        _set_quantization_vector(2, 0.0), "output_scale must be a finite number > 0, got 0"
+    ),
+    "vector_inf_scale": (
+        _set_quantization_vector(2, np.inf), "output_scale must be a finite number > 0, got inf"
+    ),
+    "vector_zero_point_300": (
+        _set_quantization_vector(1, 300),
+        "input_zero_point must be an integer in -128..=127, got 300",
+    ),
+    "vector_fractional_zero_point": (
+        _set_quantization_vector(3, 0.5), "output_zero_point must be an integer"
+    ),
+    "map_nan_scale": (
+        _set_tensor_quantization("map", "scale", np.nan),
+        "the feature map of subgraphs[0].operators[1] (KerasAttnCBAM): "
+        "its scale must be a finite number > 0, got NaN",
+    ),
+    "output_negative_scale": (
+        _set_tensor_quantization("output", "scale", -1.0),
+        "the output of subgraphs[0].operators[1] (KerasAttnCBAM): "
+        "its scale must be a finite number > 0, got -1",
+    ),
+    "map_zero_point_1000": (
+        _set_tensor_quantization("map", "zeroPoint", 1000),
+        "its zero point must be an integer in -128..=127, got 1000",
+    ),
+    "options_inf_scale": (
+        _set_option("output_scale", float("inf")),
+        "output_scale must be a finite number > 0, got inf",
+    ),
+    "options_disagree_with_the_vector": (
+        _set_option("input_scale", 0.25), "the custom options' quantization"
+    ),
+    "vector_disagrees_with_the_map": (
+        _vector_and_options_disagree_with_the_map, "where the op's quantization vector"
+    ),
+}
+
+
 def _corpus(fused, folder):
     """Corrupted files: truncated, byte-flipped (seeded), and rewritten to be inconsistent."""
     paths = []
@@ -114,6 +217,8 @@ def _corpus(fused, folder):
         paths.append(_rewrite(fused["cbam"], folder / f"{change.__name__}.tflite", change))
     change = _se_weights_for_half_the_channels
     paths.append(_rewrite(fused["se"], folder / f"{change.__name__}.tflite", change))
+    for name, (change, _) in INT8_CORRUPTIONS.items():
+        paths.append(_rewrite(fused["cbam_int8"], folder / f"int8_{name}.tflite", change))
     return paths
 
 
@@ -176,13 +281,25 @@ def test_corrupted_models_raise_value_error_and_never_crash(fused, tmp_path):
         assert message in results[path][1], results[path]
         if name != "_se_weights_for_half_the_channels":  # found by the verifier, before LiteRT
             assert f"{path!r} is not a valid .tflite model" in results[path][1]
+    # An int8 op's quantization: the error names the tensor (or, for the custom options, the
+    # operator) that holds the bad value.
+    for name, (_, message) in INT8_CORRUPTIONS.items():
+        path = str(tmp_path / f"int8_{name}.tflite")
+        outcome, text = results[path]
+        assert outcome == "ValueError", (name, text)
+        assert f"{path!r} is not a valid .tflite model" in text, (name, text)
+        assert message in text, (name, text)
+        assert "subgraphs[0].tensors[" in text or name.startswith("options"), (name, text)
+        assert "subgraphs[0].operators[1] (KerasAttnCBAM)" in text, (name, text)
     refused = sum(r[0] == "ValueError" for r in results.values())
     assert refused > len(paths) // 2, results
 
 
-def test_verifier_fuzz_loop(fused):
+@pytest.mark.parametrize("name", ["se", "cbam_int8"])
+def test_verifier_fuzz_loop(fused, name):
     # In process: the verifier is safe Rust, so a bug shows as a panic (not a ValueError).
-    with open(fused["se"], "rb") as f:
+    # The int8 model exercises the checks of its op's quantization too.
+    with open(fused[name], "rb") as f:
         data = f.read()
     _rust.verify_tflite(data)
     rng = random.Random(3)
@@ -224,3 +341,20 @@ def test_read_tflite_raises_value_error_naming_the_file(fused, tmp_path):
     assert errors > 20
     with pytest.raises(ValueError, match="the bytes given"):
         read_tflite(bytes(data[:40]))
+
+
+def test_runtime_runs_the_bytes_it_verified_after_the_file_changes(fused, tmp_path):
+    # LiteRT gets the verified bytes, not the file: overwritten in place (the same inode, as
+    # a memory map would see it) or deleted after load, the model runs as loaded.
+    path = tmp_path / "model.tflite"
+    data = open(fused["cbam"], "rb").read()
+    path.write_bytes(data)
+    run = edge.Runtime(path, threads=1)
+    x = np.random.default_rng(0).normal(size=run.input_shapes[0]).astype(np.float32)
+    want = run(x)
+    with open(path, "r+b") as f:
+        f.write(bytes(len(data)))
+    np.testing.assert_array_equal(run(x), want)
+    path.unlink()
+    np.testing.assert_array_equal(run(x), want)
+    np.testing.assert_array_equal(edge.Runtime(fused["cbam"], threads=1)(x), want)

@@ -2,8 +2,9 @@
  *
  *   run_fused model.tflite [threads]
  *
- * Fills the (float32) input with x[i] = sin(0.1 i), runs the model and prints every output value,
- * one per line. LiteRT's C headers are not in the ai-edge-litert wheel, so the few functions used
+ * Reads the file once, verifies its bytes (LiteRT does not verify a flatbuffer, and a corrupted
+ * one can crash it) and gives LiteRT those very bytes. Fills the (float32) input with
+ * x[i] = sin(0.1 i), runs the model and prints every output value, one per line. LiteRT's C headers are not in the ai-edge-litert wheel, so the few functions used
  * are declared here from litert/c/ (LiteRT 2.x). */
 #include <math.h>
 #include <stdint.h>
@@ -27,7 +28,8 @@ typedef struct {
 
 LiteRtStatus LiteRtCreateEnvironment(int, const void*, Handle*);
 void LiteRtDestroyEnvironment(Handle);
-LiteRtStatus LiteRtCreateModelFromFile(Handle, const char*, Handle*);
+/* The buffer must outlive the model. */
+LiteRtStatus LiteRtCreateModelFromBuffer(Handle, const void*, size_t, Handle*);
 void LiteRtDestroyModel(Handle);
 LiteRtStatus LiteRtCreateOptions(Handle*);
 void LiteRtDestroyOptions(Handle);
@@ -56,6 +58,25 @@ LiteRtStatus LiteRtRunCompiledModel(Handle, size_t, size_t, Handle*, size_t, Han
     }                                                            \
   } while (0)
 
+/* The bytes of the file at `path` in a 64-byte aligned buffer (LiteRT reads the weights in place,
+ * and the exporter aligns them to 64 bytes in the file), or NULL. */
+static void* read_model(const char* path, size_t* size) {
+  FILE* f = fopen(path, "rb");
+  if (!f) return NULL;
+  void* data = NULL;
+  long end = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  if (end > 0 && fseek(f, 0, SEEK_SET) == 0) {
+    *size = (size_t)end;
+    data = aligned_alloc(64, (*size + 63) / 64 * 64);
+    if (data && fread(data, 1, *size, f) != *size) {
+      free(data);
+      data = NULL;
+    }
+  }
+  fclose(f);
+  return data;
+}
+
 static int make_buffer(Handle env, Handle compiled, Handle signature, int is_input, Handle* buffer) {
   Handle tensor = NULL, requirements = NULL;
   LiteRtRankedTensorType type;
@@ -80,8 +101,18 @@ int main(int argc, char** argv) {
   Handle env = NULL, model = NULL, options = NULL, compiled = NULL, signature = NULL;
   Handle input = NULL, output = NULL;
   char errors[4096];
+  size_t model_size = 0;
+  void* model_bytes = read_model(argv[1], &model_size);
+  if (!model_bytes) {
+    fprintf(stderr, "cannot read %s\n", argv[1]);
+    return 1;
+  }
+  if (!keras_attn_litert_verify(model_bytes, model_size, errors, sizeof errors)) {
+    fprintf(stderr, "%s is not a valid .tflite model: %s\n", argv[1], errors);
+    return 1;
+  }
   CHECK(LiteRtCreateEnvironment(0, NULL, &env));
-  CHECK(LiteRtCreateModelFromFile(env, argv[1], &model));
+  CHECK(LiteRtCreateModelFromBuffer(env, model_bytes, model_size, &model));
   CHECK(LiteRtCreateOptions(&options));
   CHECK(LiteRtSetOptionsHardwareAccelerators(options, 1 /* CPU */));
   void* kernels = keras_attn_litert_register(options, model, argc > 2 ? atoi(argv[2]) : 0);
@@ -113,5 +144,6 @@ int main(int argc, char** argv) {
   LiteRtDestroyOptions(options);
   LiteRtDestroyModel(model);
   LiteRtDestroyEnvironment(env);
+  free(model_bytes);
   return 0;
 }

@@ -238,9 +238,9 @@ struct LiteRtRuntime {
 #[pymethods]
 impl LiteRtRuntime {
     #[new]
-    #[pyo3(signature = (library, model_path, threads=None))]
-    fn new(py: Python<'_>, library: &str, model_path: &str, threads: Option<usize>) -> PyResult<Self> {
-        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model_path, threads)).map_err(value_error)?;
+    #[pyo3(signature = (library, model, name, threads=None))]
+    fn new(py: Python<'_>, library: &str, model: &[u8], name: &str, threads: Option<usize>) -> PyResult<Self> {
+        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model, name, threads)).map_err(value_error)?;
         Ok(LiteRtRuntime { inner: std::sync::Mutex::new(runtime) })
     }
 

@@ -107,7 +107,7 @@ macro_rules! api {
 api! {
     LiteRtCreateEnvironment: fn(c_int, *const c_void, *mut Handle) -> Status;
     LiteRtDestroyEnvironment: fn(Handle);
-    LiteRtCreateModelFromFile: fn(Handle, *const c_char, *mut Handle) -> Status;
+    LiteRtCreateModelFromBuffer: fn(Handle, *const c_void, usize, *mut Handle) -> Status;
     LiteRtDestroyModel: fn(Handle);
     LiteRtCreateOptions: fn(*mut Handle) -> Status;
     LiteRtDestroyOptions: fn(Handle);

@@ -56,10 +56,40 @@ pub enum Output {
     Int8(Vec<i8>),
 }
 
+/// A model file's bytes at a 64-byte aligned address: LiteRT reads the weights in place, and
+/// the exporter aligns their buffers to 64 bytes within the file.
+struct ModelBytes {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Chunk([u8; 64]);
+
+impl ModelBytes {
+    fn new(bytes: &[u8]) -> ModelBytes {
+        let mut chunks = vec![Chunk([0; 64]); bytes.len().div_ceil(64)];
+        for (chunk, part) in chunks.iter_mut().zip(bytes.chunks(64)) {
+            chunk.0[..part.len()].copy_from_slice(part);
+        }
+        ModelBytes { chunks, len: bytes.len() }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the chunks are contiguous 64-byte arrays without padding (repr(C), size 64),
+        // initialised, and hold at least `len` bytes.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
 pub struct Runtime {
     api: &'static Api,
     env: Handle,
     model: Handle,
+    /// The bytes `model` was created from, verified: LiteRT reads them for the model's life
+    /// (dropped after [`Drop::drop`] destroyed the model).
+    model_bytes: ModelBytes,
     options: Handle,
     compiled: Handle,
     inputs: Vec<Handle>,
@@ -91,19 +121,20 @@ unsafe extern "C" fn drop_c_string(p: *mut c_void) {
 }
 
 impl Runtime {
-    /// Loads `library` (`libLiteRt.so`) and compiles `model_path` on `threads` CPU threads
-    /// (None: LiteRT's default), our kernels running on the same count (None: every core).
-    pub fn new(library: &str, model_path: &str, threads: Option<usize>) -> Result<Runtime, String> {
+    /// Loads `library` (`libLiteRt.so`) and compiles the model `model` (the bytes of a
+    /// `.tflite` file, `name` in messages) on `threads` CPU threads (None: LiteRT's default),
+    /// our kernels running on the same count (None: every core). LiteRT gets a copy of the
+    /// bytes that were verified, never the file again (which could have changed since).
+    pub fn new(library: &str, model: &[u8], name: &str, threads: Option<usize>) -> Result<Runtime, String> {
         let api = api::api(Some(library))?;
-        let path = CString::new(model_path).map_err(|_| "model path contains a NUL byte".to_string())?;
+        let model_bytes = ModelBytes::new(model);
         // LiteRT does not verify the flatbuffer: a corrupted file must not reach it.
-        let bytes = std::fs::read(model_path).map_err(|e| format!("cannot read {model_path:?}: {e}"))?;
-        super::verify::verify_model(&bytes).map_err(|e| format!("{model_path:?} is not a valid .tflite model: {e}"))?;
-        drop(bytes);
+        super::verify::verify_model(model_bytes.bytes()).map_err(|e| format!("{name:?} is not a valid .tflite model: {e}"))?;
         let mut rt = Runtime {
             api,
             env: std::ptr::null_mut(),
             model: std::ptr::null_mut(),
+            model_bytes,
             options: std::ptr::null_mut(),
             compiled: std::ptr::null_mut(),
             inputs: Vec::new(),
@@ -119,8 +150,9 @@ impl Runtime {
         // releases them in `drop` (also on an early error return).
         unsafe {
             check((api.LiteRtCreateEnvironment)(0, std::ptr::null(), &mut rt.env), "CreateEnvironment")?;
-            check((api.LiteRtCreateModelFromFile)(rt.env, path.as_ptr(), &mut rt.model), "CreateModelFromFile")
-                .map_err(|e| format!("{e}: {model_path:?} is not a model LiteRT can read"))?;
+            let bytes = rt.model_bytes.bytes();
+            check((api.LiteRtCreateModelFromBuffer)(rt.env, bytes.as_ptr().cast(), bytes.len(), &mut rt.model), "CreateModelFromBuffer")
+                .map_err(|e| format!("{e}: {name:?} is not a model LiteRT can read"))?;
             check((api.LiteRtCreateOptions)(&mut rt.options), "CreateOptions")?;
             check((api.LiteRtSetOptionsHardwareAccelerators)(rt.options, HW_ACCELERATOR_CPU), "SetOptionsHardwareAccelerators")?;
             if let Some(n) = threads {
@@ -308,6 +340,21 @@ impl Drop for Runtime {
             if !self.env.is_null() {
                 (api.LiteRtDestroyEnvironment)(self.env);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelBytes;
+
+    #[test]
+    fn model_bytes_are_the_bytes_given_at_an_aligned_address() {
+        for len in [0, 1, 63, 64, 65, 1000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let copy = ModelBytes::new(&data);
+            assert_eq!(copy.bytes(), &data[..]);
+            assert_eq!(copy.bytes().as_ptr() as usize % 64, 0, "{len} bytes");
         }
     }
 }

@@ -8,7 +8,12 @@
 //! bytes their shape and type need, and no tensor is larger than [`MAX_TENSOR_BYTES`].
 //! Builtin-options tables are checked as tables, with the vectors of the options that hold
 //! any; StableHLO options (`builtin_options_2`) and sparse tensors are refused, as the CPU
-//! runtime has no use for them.
+//! runtime has no use for them. The int8 fused ops' quantization is checked too (see
+//! [`quantization`]).
+
+mod quantization;
+
+use std::ops::Range;
 
 /// The largest tensor accepted, in bytes: a larger one is a corrupted shape (and allocating it
 /// would abort the process).
@@ -173,6 +178,16 @@ impl<'a> Table<'a> {
         Ok((0..len).map(|i| i32::from_le_bytes(self.data[start + 4 * i..start + 4 * i + 4].try_into().expect("4 bytes"))).collect())
     }
 
+    fn f32s(&self, slot: usize, what: &dyn Fn() -> String) -> Result<Vec<f32>> {
+        let (start, len) = self.vector(slot, 4, what)?;
+        Ok(self.data[start..start + 4 * len].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    }
+
+    fn i64s(&self, slot: usize, what: &dyn Fn() -> String) -> Result<Vec<i64>> {
+        let (start, len) = self.vector(slot, 8, what)?;
+        Ok(self.data[start..start + 8 * len].chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+    }
+
     fn string(&self, slot: usize, what: &dyn Fn() -> String) -> Result<Option<&'a [u8]>> {
         let Some(pos) = self.offset(slot, what)? else { return Ok(None) };
         let len = u32_at(self.data, pos, what)? as usize;
@@ -213,20 +228,21 @@ pub fn verify_model(data: &[u8]) -> Result<()> {
         if builtin == CUSTOM && name.is_none() {
             return Err(format!("operator_codes[{i}]: a custom op without its name"));
         }
-        custom.push(builtin == CUSTOM);
+        custom.push(name.filter(|_| builtin == CUSTOM));
     }
     let buffers = model.tables(4, &|| "buffers".into())?;
     // The bytes each buffer holds: inline data, or a range of the file after the flatbuffer.
-    let mut buffer_sizes = Vec::with_capacity(buffers.len());
+    let mut buffer_bytes = Vec::with_capacity(buffers.len());
     for (i, buffer) in buffers.iter().enumerate() {
         let what = || format!("buffers[{i}]");
-        let (_, inline) = buffer.vector(0, 1, &what)?;
+        let (start, inline) = buffer.vector(0, 1, &what)?;
         let (offset, size) = (buffer.u64(1, &what)?, buffer.u64(2, &what)?);
         // Offset 1 is the exporter's placeholder for "no data".
         if offset > 1 && offset.checked_add(size).is_none_or(|end| end > data.len() as u64) {
             return Err(format!("buffers[{i}]: {size} bytes at offset {offset} lie outside the file of {} bytes", data.len()));
         }
-        buffer_sizes.push(if offset > 1 { size } else { inline as u64 });
+        // Within the file (checked above), so the casts are lossless.
+        buffer_bytes.push(if offset > 1 { offset as usize..(offset + size) as usize } else { start..start + inline });
     }
     let subgraphs = model.tables(2, &|| "subgraphs".into())?;
     if subgraphs.is_empty() {
@@ -235,7 +251,7 @@ pub fn verify_model(data: &[u8]) -> Result<()> {
     let io = subgraphs
         .iter()
         .enumerate()
-        .map(|(s, subgraph)| verify_subgraph(s, subgraph, &codes, &custom, &buffer_sizes, subgraphs.len()))
+        .map(|(s, subgraph)| verify_subgraph(s, subgraph, &codes, &custom, &buffer_bytes, subgraphs.len()))
         .collect::<Result<Vec<_>>>()?;
     model.string(3, &|| "description".into())?;
     for (i, &b) in model.i32s(5, &|| "metadata_buffer".into())?.iter().enumerate() {
@@ -271,10 +287,12 @@ fn index(value: i32, count: usize, what: &dyn Fn() -> String) -> Result<usize> {
 }
 
 /// Checks subgraph `s`; returns its input and output tensors.
-fn verify_subgraph(s: usize, subgraph: &Table, codes: &[Table], custom: &[bool], buffer_sizes: &[u64], subgraph_count: usize) -> Result<(Vec<i32>, Vec<i32>)> {
+/// `custom[c]`: the name of operator code `c` when it is a custom op; `buffers[b]`: the bytes of
+/// buffer `b` in the file.
+fn verify_subgraph(s: usize, subgraph: &Table, codes: &[Table], custom: &[Option<&[u8]>], buffers: &[Range<usize>], subgraph_count: usize) -> Result<(Vec<i32>, Vec<i32>)> {
     let tensors = subgraph.tables(0, &|| format!("subgraphs[{s}].tensors"))?;
     for (t, tensor) in tensors.iter().enumerate() {
-        verify_tensor(tensor, buffer_sizes, &|| format!("subgraphs[{s}].tensors[{t}]"))?;
+        verify_tensor(tensor, buffers, &|| format!("subgraphs[{s}].tensors[{t}]"))?;
     }
     let n = tensors.len();
     let (inputs, outputs) = (subgraph.i32s(1, &|| format!("subgraphs[{s}].inputs"))?, subgraph.i32s(2, &|| format!("subgraphs[{s}].outputs"))?);
@@ -310,8 +328,8 @@ fn verify_subgraph(s: usize, subgraph: &Table, codes: &[Table], custom: &[bool],
                 }
             }
         }
-        let (_, custom_len) = op.vector(5, 1, &what)?;
-        if custom_len > 0 && !custom[code] {
+        let (custom_start, custom_len) = op.vector(5, 1, &what)?;
+        if custom_len > 0 && custom[code].is_none() {
             return Err(format!("subgraphs[{s}].operators[{o}]: custom options on a builtin op"));
         }
         op.vector(7, 1, &what)?;
@@ -323,17 +341,21 @@ fn verify_subgraph(s: usize, subgraph: &Table, codes: &[Table], custom: &[bool],
         if op.u8(11, &what)? != 0 || op.offset(12, &what)?.is_some() {
             return Err(format!("subgraphs[{s}].operators[{o}]: StableHLO options (builtin_options_2) are not supported"));
         }
+        if let Some(name) = custom[code] {
+            let op_io = quantization::OpTensors { s, o, inputs: &op.i32s(1, &what)?, outputs: &op.i32s(2, &what)?, tensors: &tensors, buffers };
+            quantization::verify_fused_int8(name, &op_io, &subgraph.data[custom_start..custom_start + custom_len])?;
+        }
     }
     Ok((inputs, outputs))
 }
 
-fn verify_tensor(tensor: &Table, buffer_sizes: &[u64], what: &dyn Fn() -> String) -> Result<()> {
+fn verify_tensor(tensor: &Table, buffers: &[Range<usize>], what: &dyn Fn() -> String) -> Result<()> {
     let shape = tensor.i32s(0, what)?;
     let tensor_type = tensor.u8(1, what)? as i8;
     let bits = element_bits(tensor_type).ok_or_else(|| format!("{}: unknown tensor type {tensor_type}", what()))?;
     let buffer = tensor.i32(2, what)?;
-    let buffer = usize::try_from(buffer as u32).ok().filter(|&b| b < buffer_sizes.len().max(1)).ok_or_else(|| {
-        format!("{}: buffer {} is out of range (there are {})", what(), buffer as u32, buffer_sizes.len())
+    let buffer = usize::try_from(buffer as u32).ok().filter(|&b| b < buffers.len().max(1)).ok_or_else(|| {
+        format!("{}: buffer {} is out of range (there are {})", what(), buffer as u32, buffers.len())
     })?;
     tensor.string(3, what)?;
     let mut count: u64 = 1;
@@ -346,7 +368,7 @@ fn verify_tensor(tensor: &Table, buffer_sizes: &[u64], what: &dyn Fn() -> String
         if bytes > MAX_TENSOR_BYTES {
             return Err(format!("{}: shape {shape:?} needs {bytes} bytes, over the {MAX_TENSOR_BYTES} accepted", what()));
         }
-        let held = buffer_sizes.get(buffer).copied().unwrap_or(0);
+        let held = buffers.get(buffer).map_or(0, |b| b.len() as u64);
         // Sub-byte types are stored packed or one value a byte.
         let fits = held == bytes || (bits < 8 && held == count);
         if buffer > 0 && held > 0 && !fits {
