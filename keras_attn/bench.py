@@ -98,7 +98,10 @@ def _conv_same(x, conv, dilation=1):
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    # exp(-x) overflows to inf for x below about -88, where the sigmoid is 0 as it should be:
+    # no warning for that.
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def numpy_cbam(layer, x):
