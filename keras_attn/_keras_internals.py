@@ -5,13 +5,16 @@ as attributes (CBAM's two gates, a user's residual block carrying a CBAM) has no
 listing of them in Keras 3: Keras records them, as the attribute is set, in the layer's private
 `_layers` list (`tf.Module.submodules` would cover it on the TensorFlow backend only).
 tests/test_keras_internals.py fails if a Keras release stops filling it.
-"""
 
-import keras
+Keras is imported when first needed: `keras_attn.edge` and `keras_attn.kernels` import the
+export helpers' modules and must run on a device without Keras or TensorFlow.
+"""
 
 
 def sublayers(layer):
     """The layers `layer` holds directly, each once, in the order Keras tracks them."""
+    import keras
+
     if isinstance(layer, keras.Model):
         return list(layer.layers)
     return list(layer._layers)
