@@ -157,14 +157,49 @@ impl WithSimd for PanelProduct<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
+        // Panels side by side, so that each output keeps one sum, added in input order (two
+        // partial sums of one output could overflow to +inf and -inf and give NaN where the
+        // layer gives an infinity), and the independent sums of several panels hide the FMA
+        // latency: four vectors per row with 16 lanes (AVX-512), four with 8 (AVX2).
+        match S::F32_LANES {
+            16.. => self.groups::<S, 4>(simd),
+            8.. => self.groups::<S, 2>(simd),
+            _ => self.groups::<S, 1>(simd),
+        }
+    }
+}
+
+impl PanelProduct<'_> {
+    #[inline(always)]
+    fn groups<S: Simd, const G: usize>(self, simd: S) {
         let Self { w, a, panels, out, out_stride } = self;
-        let len = w.inputs * PANEL;
-        for (i, p) in panels.enumerate() {
-            let out = &mut out[i * PANEL..];
-            match &w.values {
-                Values::F32(values) => panel_product(simd, &values[p * len..][..len], None, a, out, out_stride),
-                Values::I8 { q, scales } => panel_product(simd, &q[p * len..][..len], Some(&scales[p * PANEL..][..PANEL]), a, out, out_stride),
+        let first = panels.start;
+        let mut p = first;
+        while p < panels.end {
+            let at = (p - first) * PANEL;
+            if p + G <= panels.end {
+                self::group::<S, G>(simd, w, p, a, &mut out[at..], out_stride);
+                p += G;
+            } else {
+                self::group::<S, 1>(simd, w, p, a, &mut out[at..], out_stride);
+                p += 1;
             }
+        }
+    }
+}
+
+/// Panels `p..p + G` of `w` times every row of `a`, added to `out`'s first `G * PANEL` columns.
+#[inline(always)]
+fn group<S: Simd, const G: usize>(simd: S, w: &PanelWeights, p: usize, a: Strided, out: &mut [f32], out_stride: usize) {
+    let len = w.inputs * PANEL;
+    match &w.values {
+        Values::F32(values) => {
+            let panels = core::array::from_fn(|g| &values[(p + g) * len..][..len]);
+            group_product::<S, f32, G>(simd, panels, None, a, out, out_stride)
+        }
+        Values::I8 { q, scales } => {
+            let panels = core::array::from_fn(|g| &q[(p + g) * len..][..len]);
+            group_product::<S, i8, G>(simd, panels, Some(&scales[p * PANEL..][..G * PANEL]), a, out, out_stride)
         }
     }
 }
@@ -188,72 +223,60 @@ impl PanelValue for i8 {
     }
 }
 
-/// One panel times every row of `a`, scaled by `scales` (int8) and added to `out`'s first
-/// [`PANEL`] columns.
+/// `G` panels times every row of `a`, scaled by `scales` (int8) and added to `out`'s first
+/// `G * PANEL` columns.
 #[inline(always)]
-fn panel_product<S: Simd, T: PanelValue>(simd: S, panel: &[T], scales: Option<&[f32]>, a: Strided, out: &mut [f32], out_stride: usize) {
+fn group_product<S: Simd, T: PanelValue, const G: usize>(simd: S, panels: [&[T]; G], scales: Option<&[f32]>, a: Strided, out: &mut [f32], out_stride: usize) {
     let row = |r: usize| &a.data[a.offset + r * a.row_stride..][..a.cols];
-    let add = |out: &mut [f32], sum: &[f32; PANEL]| match scales {
-        Some(scales) => out.iter_mut().zip(sum).zip(scales).for_each(|((o, s), scale)| *o += s * scale),
-        None => out.iter_mut().zip(sum).for_each(|(o, s)| *o += s),
+    let add = |out: &mut [f32], sums: &[[f32; PANEL]; G]| {
+        let sums = sums.as_flattened();
+        match scales {
+            Some(scales) => out.iter_mut().zip(sums).zip(scales).for_each(|((o, s), scale)| *o += s * scale),
+            None => out.iter_mut().zip(sums).for_each(|(o, s)| *o += s),
+        }
     };
     let mut r = 0;
     while r + 2 <= a.rows {
-        let sums = panel_rows::<S, T, 2>(simd, panel, [row(r), row(r + 1)]);
-        for (j, sum) in sums.iter().enumerate() {
-            add(&mut out[(r + j) * out_stride..][..PANEL], sum);
+        let sums = group_rows::<S, T, 2, G>(simd, panels, [row(r), row(r + 1)]);
+        for (j, sums) in sums.iter().enumerate() {
+            add(&mut out[(r + j) * out_stride..][..G * PANEL], sums);
         }
         r += 2;
     }
     if r < a.rows {
-        let [sum] = panel_rows::<S, T, 1>(simd, panel, [row(r)]);
-        add(&mut out[r * out_stride..][..PANEL], &sum);
+        let [sums] = group_rows::<S, T, 1, G>(simd, panels, [row(r)]);
+        add(&mut out[r * out_stride..][..G * PANEL], &sums);
     }
 }
 
-/// Independent accumulators per row and output vector: enough chains to hide the FMA latency.
-const UNROLL: usize = 4;
-
-/// `sum[r][j] = sum over k of rows[r][k] * panel[k][j]`, in float32.
+/// `sum[r][g][j] = sum over k, in order, of rows[r][k] * panels[g][k][j]`, in float32.
 #[inline(always)]
-fn panel_rows<S: Simd, T: PanelValue, const R: usize>(simd: S, panel: &[T], rows: [&[f32]; R]) -> [[f32; PANEL]; R] {
+fn group_rows<S: Simd, T: PanelValue, const R: usize, const G: usize>(simd: S, panels: [&[T]; G], rows: [&[f32]; R]) -> [[[f32; PANEL]; G]; R] {
     let vectors = PANEL / S::F32_LANES;
     let zero = simd.splat_f32s(0.0);
-    // PANEL vectors at most (scalar level); the wider levels use the first `vectors`.
-    let mut acc = [[[zero; PANEL]; R]; UNROLL];
-    let inputs = rows[0].len();
-    let mut k = 0;
-    let step = |k: usize, acc: &mut [[S::f32s; PANEL]; R]| {
-        let mut wf = [0.0f32; PANEL];
-        for (f, &v) in wf.iter_mut().zip(&panel[k * PANEL..][..PANEL]) {
-            *f = v.to_f32();
-        }
-        let (wv, _) = S::as_simd_f32s(&wf);
-        for (acc, row) in acc.iter_mut().zip(rows) {
-            let av = simd.splat_f32s(row[k]);
-            for v in 0..vectors {
-                acc[v] = simd.mul_add_f32s(av, wv[v], acc[v]);
+    // PANEL vectors per panel at most (scalar level); the wider levels use the first `vectors`.
+    let mut acc = [[[zero; PANEL]; G]; R];
+    for k in 0..rows[0].len() {
+        let splats: [S::f32s; R] = core::array::from_fn(|r| simd.splat_f32s(rows[r][k]));
+        for (g, panel) in panels.iter().enumerate() {
+            let mut wf = [0.0f32; PANEL];
+            for (f, &v) in wf.iter_mut().zip(&panel[k * PANEL..][..PANEL]) {
+                *f = v.to_f32();
+            }
+            let (wv, _) = S::as_simd_f32s(&wf);
+            for (acc, &av) in acc.iter_mut().zip(&splats) {
+                for v in 0..vectors {
+                    acc[g][v] = simd.mul_add_f32s(av, wv[v], acc[g][v]);
+                }
             }
         }
-    };
-    while k + UNROLL <= inputs {
-        for (u, acc) in acc.iter_mut().enumerate() {
-            step(k + u, acc);
-        }
-        k += UNROLL;
     }
-    while k < inputs {
-        step(k, &mut acc[0]);
-        k += 1;
-    }
-    let mut sums = [[0.0f32; PANEL]; R];
-    for (r, sum) in sums.iter_mut().enumerate() {
-        let mut total = [zero; PANEL];
-        for (v, t) in total.iter_mut().enumerate().take(vectors) {
-            *t = simd.add_f32s(simd.add_f32s(acc[0][r][v], acc[1][r][v]), simd.add_f32s(acc[2][r][v], acc[3][r][v]));
+    let mut sums = [[[0.0f32; PANEL]; G]; R];
+    for (sums, acc) in sums.iter_mut().zip(&acc) {
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            let (out, _) = S::as_mut_simd_f32s(sum);
+            out[..vectors].copy_from_slice(&acc[..vectors]);
         }
-        let (out, _) = S::as_mut_simd_f32s(sum);
-        out[..vectors].copy_from_slice(&total[..vectors]);
     }
     sums
 }
