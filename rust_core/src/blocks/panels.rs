@@ -178,10 +178,10 @@ impl PanelProduct<'_> {
         while p < panels.end {
             let at = (p - first) * PANEL;
             if p + G <= panels.end {
-                self::group::<S, G>(simd, w, p, a, &mut out[at..], out_stride);
+                group::<S, G>(simd, w, p, a, &mut out[at..], out_stride);
                 p += G;
             } else {
-                self::group::<S, 1>(simd, w, p, a, &mut out[at..], out_stride);
+                group::<S, 1>(simd, w, p, a, &mut out[at..], out_stride);
                 p += 1;
             }
         }
