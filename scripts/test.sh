@@ -4,7 +4,7 @@
 # first time, as PyTorch's PyPI builds bring their CUDA libraries), then runs the
 # Rust tests, clippy (warnings are errors), the Python suite on the TensorFlow backend, and once
 # more on JAX the layer tests and those of the model tools (insert_attention, mobilenet,
-# attention_maps; their export checks need TensorFlow and are marked tf_only).
+# attention_maps, grad_cam; their export checks need TensorFlow and are marked tf_only).
 # The Python tests run on every core (pytest-xdist; a test file stays on one worker, so the
 # models a file exports once are shared by its tests; PYTEST_WORKERS=0 runs them without workers).
 #
@@ -39,4 +39,5 @@ fi
 workers=(-n "${PYTEST_WORKERS:-auto}" --dist loadfile)
 python -m pytest -q -p no:cacheprovider "${workers[@]}" "${tensorflow[@]}" tests
 KERAS_BACKEND=jax python -m pytest -q -p no:cacheprovider "${workers[@]}" "${jax[@]}" tests/layers \
-  tests/test_insert_attention.py tests/test_mobilenet.py tests/test_attention_maps.py
+  tests/test_insert_attention.py tests/test_mobilenet.py tests/test_attention_maps.py \
+  tests/test_grad_cam.py
