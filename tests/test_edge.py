@@ -11,6 +11,7 @@ pytest.importorskip("ai_edge_litert", reason="keras_attn.edge runs models in ai-
 
 import keras_attn  # noqa: E402
 from keras_attn import edge  # noqa: E402
+from keras_attn._keras_internals import nested_layers  # noqa: E402
 from keras_attn.export import LiteRTModel, read_tflite, to_tflite  # noqa: E402
 from keras_attn.export.flatbuffer import _schema, flatbuffer_utils  # noqa: E402
 from keras_attn.export.fused import align_buffers  # noqa: E402
@@ -21,7 +22,7 @@ def _model(block, shape, batch):
     h = keras.layers.Conv2D(shape[-1], 3, padding="same")(inputs)
     model = keras.Model(inputs, block(h))
     # Non-trivial BatchNormalization statistics, so that folding is exercised.
-    for layer in model._flatten_layers():
+    for layer in nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             rng = np.random.default_rng(len(layer.name))
             layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape) * 0.1)
