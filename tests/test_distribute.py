@@ -28,6 +28,7 @@ def _train(scope, synchronized_bn=False):
     import numpy as np
 
     import keras_attn
+    from keras_attn._keras_internals import nested_layers
 
     class StepLosses(keras.callbacks.Callback):
         def __init__(self):
@@ -50,7 +51,7 @@ def _train(scope, synchronized_bn=False):
         h = keras.layers.GlobalAveragePooling2D()(h)
         model = keras.Model(inputs, keras.layers.Dense(4)(h))
         if synchronized_bn:  # every BatchNormalization, the blocks' own included
-            for layer in model._flatten_layers():
+            for layer in nested_layers(model):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
         model.compile(

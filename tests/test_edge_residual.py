@@ -15,6 +15,7 @@ import keras_attn  # noqa: E402
 from keras_attn import edge  # noqa: E402
 from keras_attn.export import read_tflite, to_tflite  # noqa: E402
 from keras_attn.export import fused_residual  # noqa: E402
+from keras_attn._keras_internals import nested_layers  # noqa: E402
 from keras_attn.export.flatbuffer import flatbuffer_utils  # noqa: E402
 
 # The module (the package exports the `resnet` function under the same name).
@@ -25,7 +26,7 @@ def _random_statistics(model, seed=0):
     """Non-trivial BatchNormalization statistics and scales (the authors' initialisation sets
     CBAM's spatial-gate scale to 0, which would make that gate a constant)."""
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers():
+    for layer in nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape) * 0.1)
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, size=layer.moving_variance.shape))
