@@ -1,7 +1,8 @@
-//! Small matrix products for the blocks' dense layers and convolutions: `out += A W` (or a sum of
-//! such products, one per convolution tap), `A` rows read in place through a row stride and `W`
+//! Small matrix products for the blocks' convolutions: `out += A W` (or a sum of such products,
+//! one per convolution tap), `A` rows read in place through a row stride and `W`
 //! padded to whole vectors. Blocked like a GEMM: a block of weight rows stays in L1 while row
-//! tiles of `A` go through it, with register tiles of 4 rows by 1-2 vectors.
+//! tiles of `A` go through it, with register tiles of 4 rows by 1-2 vectors. [`Dense`], whose
+//! products have one or a few rows, keeps its weights in panels instead (`panels.rs`).
 
 use super::panels::PanelWeights;
 use crate::exec::Exec;
@@ -46,8 +47,7 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// From a row-major `inputs` x `outputs` matrix (a Keras Dense kernel, or one tap of a
-    /// Conv2D kernel).
+    /// From a row-major `inputs` x `outputs` matrix (one tap of a Conv2D kernel).
     pub fn new(w: &[f32], inputs: usize, outputs: usize) -> Result<Self, String> {
         if w.len() != inputs * outputs || inputs == 0 || outputs == 0 {
             return Err(format!("weights: expected {inputs} x {outputs} values (both > 0), got {}", w.len()));

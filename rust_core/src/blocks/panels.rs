@@ -77,17 +77,18 @@ impl PanelWeights {
         if panels.iter().any(|v| !v.is_finite()) {
             return None;
         }
+        // The output of the value at index `i` of the panels (see [`panel_index`]).
+        let output = |i: usize| i / (self.inputs * PANEL) * PANEL + i % PANEL;
         let mut scales = vec![0.0f32; self.width()];
         for (i, &w) in panels.iter().enumerate() {
-            let j = i / (self.inputs * PANEL) * PANEL + i % PANEL;
-            scales[j] = scales[j].max(w.abs());
+            scales[output(i)] = scales[output(i)].max(w.abs());
         }
         scales.iter_mut().for_each(|s| *s /= 127.0);
         let q = panels
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let s = scales[i / (self.inputs * PANEL) * PANEL + i % PANEL];
+                let s = scales[output(i)];
                 if s > 0.0 { (w / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }
             })
             .collect();
