@@ -44,7 +44,8 @@ pub(super) unsafe fn scale_rows(x: &[i8], zero_point: i32, factor: &[f32], row_f
 #[target_feature(enable = "avx512f,avx512bw")]
 fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[f32], g: f32, output_zero_point: i32, epilogue: TileEpilogue, out: &mut [i8]) -> usize {
     let len = row.len().min(factor.len()).min(out.len()).min(epilogue.shortcut.map_or(usize::MAX, |s| s.rows.len()));
-    let shortcut = epilogue.shortcut.map(|s| (s.rows, _mm512_set1_epi32(s.zero_point), _mm512_set1_ps(s.factor)));
+    let shortcut = epilogue.shortcut.map(|s| (s.rows, _mm512_set1_ps(s.factor)));
+    let offset = _mm512_set1_ps(epilogue.shortcut.map_or(0.0, TileShortcut::offset));
     // The ReLU: every packed result at least the output zero point (a real 0).
     let floor = _mm512_set1_epi8(if epilogue.relu { output_zero_point as i8 } else { i8::MIN });
     let (zp, zp_out, g) = (_mm512_set1_epi32(zero_point), _mm512_set1_epi16(output_zero_point as i16), _mm512_set1_ps(g));
@@ -59,13 +60,13 @@ fn scale_row_blocks<const CHECKED: bool>(row: &[i8], zero_point: i32, factor: &[
             // SAFETY: i + 16 <= 64 * blocks <= len, within `row` and `factor`; unaligned loads.
             let (q, f) = unsafe { (_mm_loadu_si128(row.as_ptr().add(i).cast()), _mm512_loadu_ps(factor.as_ptr().add(i))) };
             let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(q), zp));
-            let v = _mm512_mul_ps(_mm512_mul_ps(v, f), g);
+            // The same multiplications and fused multiply-adds as `scale_row`, in its order.
+            let v = _mm512_fmadd_ps(_mm512_mul_ps(v, f), g, offset);
             let v = match shortcut {
                 // SAFETY: i + 16 <= len <= the shortcut row's length; an unaligned load.
-                Some((rows, zp, factor)) => {
+                Some((rows, factor)) => {
                     let s = unsafe { _mm_loadu_si128(rows.as_ptr().add(i).cast()) };
-                    // Multiply, then add (not fused), as `scale_row` rounds.
-                    _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepi8_epi32(s), zp)), factor))
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s)), factor, v)
                 }
                 None => v,
             };
