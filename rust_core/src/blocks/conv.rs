@@ -120,36 +120,89 @@ impl WithSimd for PoolConvOp<'_> {
     fn with_simd<S: Simd>(self, simd: S) {
         let Self { conv, padded, stride, rows, h, w, out } = self;
         let lanes = S::F32_LANES;
-        let k = conv.size;
-        for y in 0..h {
-            for x0 in (0..w).step_by(lanes * CHUNKS) {
-                // One accumulator chain per plane and output vector, summed at the end.
-                let mut acc = [[simd.splat_f32s(0.0); CHUNKS]; 2];
-                for ky in 0..k {
-                    for (plane, acc) in acc.iter_mut().enumerate() {
-                        let row = &padded[(plane * rows + y + ky) * stride + x0..];
-                        for kx in 0..k {
-                            let weight = simd.splat_f32s(conv.kernel[(ky * k + kx) * 2 + plane]);
-                            for (c, a) in acc.iter_mut().enumerate() {
-                                if let Some(src) = row.get(kx + c * lanes..kx + (c + 1) * lanes) {
-                                    *a = simd.mul_add_f32s(weight, S::as_simd_f32s(src).0[0], *a);
-                                }
-                            }
-                        }
-                    }
-                }
-                let bias = simd.splat_f32s(conv.bias);
-                let out_row = &mut out[y * w..(y + 1) * w];
-                for (c, (a, b)) in acc[0].into_iter().zip(acc[1]).enumerate() {
-                    let a = simd.add_f32s(simd.add_f32s(a, b), bias);
-                    let start = x0 + c * lanes;
-                    if start < w {
-                        simd.partial_store_f32s(&mut out_row[start..(start + lanes).min(w)], a);
+        for x0 in (0..w).step_by(lanes * CHUNKS) {
+            // Only the vectors the rows still have (on a map narrower than CHUNKS vectors, 28 x
+            // 28 and smaller at AVX-512, the others would be padding), and on narrow maps
+            // several rows at once: eight independent accumulator chains keep the FMA units
+            // busy where one row's would wait on one another.
+            let at = Planes { padded, stride, rows, x0 };
+            match (w - x0).div_ceil(lanes) {
+                1 => output_rows::<S, 4, 1>(simd, conv, at, h, w, out),
+                2 => output_rows::<S, 2, 2>(simd, conv, at, h, w, out),
+                3 => output_rows::<S, 1, 3>(simd, conv, at, h, w, out),
+                _ => output_rows::<S, 1, CHUNKS>(simd, conv, at, h, w, out),
+            }
+        }
+    }
+}
+
+/// Where [`output_vectors`] reads: from column `x0` of the two zero-padded planes.
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    padded: &'a [f32],
+    stride: usize,
+    rows: usize,
+    x0: usize,
+}
+
+/// The `C` output vectors from column `at.x0` of every output row, `R` rows at a time.
+#[inline(always)]
+fn output_rows<S: Simd, const R: usize, const C: usize>(simd: S, conv: &PoolConv, at: Planes, h: usize, w: usize, out: &mut [f32]) {
+    let mut y = 0;
+    while y < h {
+        let store = |y: usize, sums: [S::f32s; C], out: &mut [f32]| {
+            let out_row = &mut out[y * w..(y + 1) * w];
+            for (c, sum) in sums.into_iter().enumerate() {
+                let start = at.x0 + c * S::F32_LANES;
+                let end = (start + S::F32_LANES).min(w);
+                simd.partial_store_f32s(&mut out_row[start..end], sum);
+            }
+        };
+        // R rows while there are, then pairs (a streamed band has two), then one.
+        if y + R <= h {
+            for (r, sums) in output_vectors::<S, R, C>(simd, conv, at, y).into_iter().enumerate() {
+                store(y + r, sums, out);
+            }
+            y += R;
+        } else if y + 2 <= h {
+            let [first, second] = output_vectors::<S, 2, C>(simd, conv, at, y);
+            store(y, first, out);
+            store(y + 1, second, out);
+            y += 2;
+        } else {
+            let [sums] = output_vectors::<S, 1, C>(simd, conv, at, y);
+            store(y, sums, out);
+            y += 1;
+        }
+    }
+}
+
+/// `C` output vectors (bias included) of `R` rows from row `y`, column `at.x0`.
+#[inline(always)]
+fn output_vectors<S: Simd, const R: usize, const C: usize>(simd: S, conv: &PoolConv, at: Planes, y: usize) -> [[S::f32s; C]; R] {
+    let (lanes, k) = (S::F32_LANES, conv.size);
+    // One accumulator chain per row, plane and output vector, the planes summed at the end.
+    let mut acc = [[[simd.splat_f32s(0.0); C]; 2]; R];
+    for ky in 0..k {
+        // Each row's C vectors and the K - 1 columns right of them: within the padded row, whose
+        // width is a whole number of vectors plus 2 * (K / 2) (see `forward_rows`).
+        let row = |r: usize, plane: usize| &at.padded[(plane * at.rows + y + r + ky) * at.stride + at.x0..][..C * lanes + k - 1];
+        let rows: [[&[f32]; 2]; R] = core::array::from_fn(|r| [row(r, 0), row(r, 1)]);
+        for (kx, tap) in conv.kernel[ky * k * 2..][..k * 2].chunks_exact(2).enumerate() {
+            let weights = [simd.splat_f32s(tap[0]), simd.splat_f32s(tap[1])];
+            for (acc, rows) in acc.iter_mut().zip(&rows) {
+                for ((acc, row), &weight) in acc.iter_mut().zip(rows).zip(&weights) {
+                    // C whole vectors (a constant length, so the loads below need no checks).
+                    let shifted = &row[kx..kx + C * lanes];
+                    for (a, src) in acc.iter_mut().zip(shifted.chunks_exact(lanes)) {
+                        *a = simd.mul_add_f32s(weight, S::as_simd_f32s(src).0[0], *a);
                     }
                 }
             }
         }
     }
+    let bias = simd.splat_f32s(conv.bias);
+    acc.map(|[max, mean]| core::array::from_fn(|c| simd.add_f32s(simd.add_f32s(max[c], mean[c]), bias)))
 }
 
 /// See [`Conv2d::pointwise_channels_first`]: output pixels `pixels` into `out`.
@@ -431,7 +484,7 @@ mod tests {
 
     #[test]
     fn pool_conv_matches_reference_on_every_level() {
-        for (h, w, k) in [(1, 1, 7), (7, 7, 7), (5, 23, 3), (56, 56, 7), (3, 70, 1)] {
+        for (h, w, k) in [(1, 1, 7), (7, 7, 7), (14, 14, 7), (5, 23, 3), (28, 28, 7), (56, 56, 7), (3, 70, 1)] {
             let planes = data(2 * h * w, 1);
             let (max, mean) = planes.split_at(h * w);
             let kernel = data(k * k * 2, 2);
@@ -538,3 +591,4 @@ mod tests {
         }
     }
 }
+
