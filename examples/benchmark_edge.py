@@ -13,7 +13,9 @@ per round), so that load from other processes falls on all of them alike. A mode
 ops only (plain, builtin, and "auto" where it fused nothing) runs both in LiteRT's interpreter
 (`ai_edge_litert`, XNNPACK delegate) and in `keras_attn.edge.Runtime` (CompiledModel, XNNPACK),
 and counts at the faster of the two (marked `i` where that is the interpreter). Models with fused
-ops run in `edge.Runtime`. int8 models are calibrated on a few random images (timing does not
+ops run in `edge.Runtime`, in float32 also with `gate_weights="int8"` (rows "int8 gate weights":
+the gate MLPs compute with int8 weights, as the int8 models' fused ops always do, so their int8
+columns read "as above"). int8 models are calibrated on a few random images (timing does not
 depend on the ranges) and keep float32 inputs and outputs.
 
 `--boundaries` adds a float32, 1-thread table: every fused block shape of the model alone (a model
@@ -33,6 +35,9 @@ import numpy as np
 
 ATTENTIONS = ("cbam", "se", "bam")
 VARIANTS = {"builtin": False, "fused": True, "auto": "auto"}
+#: The variants with fused ops also run in float32 with `edge.Runtime(gate_weights="int8")`,
+#: as rows of their own (int8 models always compute their gates with int8 weights).
+INT8_GATES = ", int8 gate weights"
 
 
 def _interleaved_ms(runtimes, inputs, runs):
@@ -133,12 +138,26 @@ def _time(files, args, x):
                 runtimes[name, variant, "c"] = edge.Runtime(path, threads=threads)
                 if not fused:
                     runtimes[name, variant, "i"] = LiteRTModel(path, num_threads=threads)
+                elif precision == "float32":
+                    runtimes[name, variant + INT8_GATES, "c"] = edge.Runtime(
+                        path, threads=threads, gate_weights="int8")
             ms = _interleaved_ms(runtimes, dict.fromkeys(runtimes, x), args.runs)
             for (name, variant, runtime), value in ms.items():
                 key = (precision, name, variant, threads)
                 if key not in timed or value < timed[key][0]:
                     timed[key] = (value, runtime)
     return timed
+
+
+def _rows(files, args, name):
+    """The variants of one model in table order, each with int8 gate weights after it where it
+    has fused ops."""
+    rows = []
+    for variant in ("builtin",) if name == "plain" else VARIANTS:
+        rows.append(variant)
+        if files[args.quantization[0], name, variant][1] and "float32" in args.quantization:
+            rows.append(variant + INT8_GATES)
+    return rows
 
 
 def _table(files, timed, args):
@@ -148,16 +167,20 @@ def _table(files, timed, args):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     names = ["plain"] + list(args.attention)
     for name in names:
-        for variant in ("builtin",) if name == "plain" else VARIANTS:
+        for row in _rows(files, args, name):
+            variant = row.removesuffix(INT8_GATES)
             path, fused = files[args.quantization[0], name, variant]
             if variant == "auto" and not fused:
                 kind = "auto (nothing fused: as builtin)"
             else:
                 kind = {"builtin": "builtin", "fused": "fused (keras-attn)",
-                        "auto": 'fused_attention="auto"'}[variant]
+                        "auto": 'fused_attention="auto"'}[variant] + row[len(variant):]
             cells = []
             for precision, threads in columns:
-                value, runtime = timed[precision, name, variant, threads]
+                if precision == "int8" and row != variant:
+                    cells.append("as above")
+                    continue
+                value, runtime = timed[precision, name, row, threads]
                 mark = " i" if runtime == "i" else ""
                 if name == "plain":
                     cells.append(f"{value:.1f}{mark}")
@@ -180,18 +203,24 @@ def _agreement(models, files, args, x):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, model in models.items():
         want = np.asarray(model(x, training=False), np.float64).ravel()
-        for variant in ("builtin",) if name == "plain" else VARIANTS:
+        for row in _rows(files, args, name):
+            variant = row.removesuffix(INT8_GATES)
             cells = []
             for precision in args.quantization:
-                got = np.asarray(edge.Runtime(files[precision, name, variant][0], threads=1)(x),
-                                 np.float64).ravel()
+                if precision == "int8" and row != variant:
+                    cells.append("as above")
+                    continue
+                gates = "int8" if row != variant else "float32"
+                runtime = edge.Runtime(files[precision, name, variant][0], threads=1,
+                                       gate_weights=gates)
+                got = np.asarray(runtime(x), np.float64).ravel()
                 if precision == "float32":
                     cells.append(f"{np.abs(got - want).max() / np.abs(want).max():.1e}")
                 else:
                     cosine = got @ want / (np.linalg.norm(got) * np.linalg.norm(want))
                     cells.append(f"{cosine:.5f}")
             label = f"{'PLAIN' if name == 'plain' else name.upper()} ResNet-{args.depth}"
-            lines.append(f"| {label} | {'-' if name == 'plain' else variant} | "
+            lines.append(f"| {label} | {'-' if name == 'plain' else row} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 

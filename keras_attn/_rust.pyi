@@ -96,7 +96,12 @@ class LiteRtRuntime:
     by `keras_attn.edge.Runtime`."""
 
     def __init__(
-        self, library: str, model: bytes, name: str, threads: int | None = None
+        self,
+        library: str,
+        model: bytes,
+        name: str,
+        threads: int | None = None,
+        int8_gate_weights: bool = False,
     ) -> None: ...
     @property
     def input_shapes(self) -> list[list[int]]: ...

@@ -21,6 +21,9 @@ from keras_attn.export.flatbuffer import read_tflite
 from keras_attn.export.fused import OP_NAMES
 from keras_attn.kernels import MAX_THREADS
 
+#: The values of `Runtime`'s `gate_weights`.
+GATE_WEIGHTS = ("float32", "int8")
+
 __all__ = ["Runtime", "litert_library"]
 
 
@@ -45,6 +48,12 @@ class Runtime:
         path: the `.tflite` file (float32 or int8 inputs and outputs, fixed shapes).
         threads: CPU threads for XNNPACK and for our kernels; None lets LiteRT choose for
             XNNPACK and gives our kernels every core.
+        gate_weights: what the fused ops' gate MLPs compute with on a float32 model:
+            `"float32"` (the model's weights, the default) or `"int8"` (quantized per output
+            channel when the model loads, as the int8 models' fused ops always compute): a
+            quarter of the bytes to read at every run, which makes the float32 CBAM blocks of a
+            ResNet-50 faster inside the network, at an error of about 1e-4 of the logits'
+            scale (see docs/benchmarks.md). It does not change int8 models.
 
     Call it with one array per model input (or a single array): returns an array per output
     in the output's dtype (a list for several outputs). The batch size is free: a batch other
@@ -58,7 +67,7 @@ class Runtime:
     is compiled and at every run; a problem raises `ValueError` with their message.
     """
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, gate_weights="float32"):
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise ValueError(f"`path`: no .tflite file at {path!r}.")
         if threads is not None and (
@@ -68,6 +77,10 @@ class Runtime:
         ):
             raise ValueError(
                 f"`threads` must be a positive int or None, at most {MAX_THREADS}; got {threads!r}."
+            )
+        if gate_weights not in GATE_WEIGHTS:
+            raise ValueError(
+                f"`gate_weights` must be one of {list(GATE_WEIGHTS)}; got {gate_weights!r}."
             )
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
@@ -84,8 +97,11 @@ class Runtime:
                 f"(it provides {list(OP_NAMES)})."
             )
         self.threads = threads
+        self.gate_weights = gate_weights
         # LiteRT compiles the bytes verified above, not the file, which may change meanwhile.
-        self._runtime = _rust.LiteRtRuntime(litert_library(), data, self.path, threads)
+        self._runtime = _rust.LiteRtRuntime(
+            litert_library(), data, self.path, threads, int8_gate_weights=gate_weights == "int8"
+        )
 
     @property
     def input_shapes(self):
@@ -204,4 +220,6 @@ class Runtime:
         return [np.concatenate(p) for p in zip(*parts)]
 
     def __repr__(self):
-        return f"Runtime({self.path!r}, threads={self.threads})"
+        return (
+            f"Runtime({self.path!r}, threads={self.threads}, gate_weights={self.gate_weights!r})"
+        )

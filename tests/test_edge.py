@@ -78,6 +78,21 @@ def test_fused_matches_builtin_and_keras(exported, name):
     np.testing.assert_allclose(edge.Runtime(fused, threads=2)(x), got, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["cbam_odd_batch2", "se", "bam_product"])
+def test_int8_gate_weights_stay_close_to_the_float_model(exported, name):
+    """`gate_weights="int8"`: the gate MLPs compute with int8 weights (per output channel), so
+    the result moves, by a small fraction of the output's scale."""
+    model, x, fused, _ = exported(name)
+    want = np.asarray(model(x, training=False))
+    runtime = edge.Runtime(fused, threads=1, gate_weights="int8")
+    got = runtime(x)
+    assert runtime.gate_weights == "int8" and "gate_weights='int8'" in repr(runtime)
+    assert not np.array_equal(got, edge.Runtime(fused, threads=1)(x))
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()
+    np.testing.assert_allclose(edge.Runtime(fused, threads=2, gate_weights="int8")(x), got,
+                               atol=1e-6, rtol=0)
+
+
 def test_buffers_are_64_byte_aligned(exported):
     with open(exported("bam_product")[2], "rb") as f:
         data = f.read()
@@ -169,6 +184,8 @@ def test_unknown_custom_op_and_bad_arguments(exported, tmp_path):
         runtime(np.zeros((2, 5, 9, 11), np.float32))
     with pytest.raises(ValueError, match="`threads` must be a positive int or None"):
         edge.Runtime(exported("se")[2], threads=0)
+    with pytest.raises(ValueError, match=r"`gate_weights` must be one of \['float32', 'int8'\]; got 'float16'"):
+        edge.Runtime(exported("se")[2], gate_weights="float16")
 
 
 def test_fused_attention_is_float32_or_int8_only(exported, tmp_path):

@@ -9,6 +9,7 @@ mod block;
 
 use crate::apply::{self, Fusion};
 use crate::exec::{all_cores, Exec};
+use crate::litert::ops::GateWeights;
 use crate::litert::runtime::{ElementType, Input, Output};
 use crate::layout::{Dims, Layout};
 use crate::simd::Level;
@@ -238,9 +239,10 @@ struct LiteRtRuntime {
 #[pymethods]
 impl LiteRtRuntime {
     #[new]
-    #[pyo3(signature = (library, model, name, threads=None))]
-    fn new(py: Python<'_>, library: &str, model: &[u8], name: &str, threads: Option<usize>) -> PyResult<Self> {
-        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model, name, threads)).map_err(value_error)?;
+    #[pyo3(signature = (library, model, name, threads=None, int8_gate_weights=false))]
+    fn new(py: Python<'_>, library: &str, model: &[u8], name: &str, threads: Option<usize>, int8_gate_weights: bool) -> PyResult<Self> {
+        let gates = if int8_gate_weights { GateWeights::Int8 } else { GateWeights::AsMap };
+        let runtime = py.detach(|| crate::litert::runtime::Runtime::new(library, model, name, threads, gates)).map_err(value_error)?;
         Ok(LiteRtRuntime { inner: std::sync::Mutex::new(runtime) })
     }
 

@@ -4,6 +4,7 @@
 
 use super::{api, ffi, verify};
 use super::kernel::{fused_weights_are_constant, Kernels};
+use super::ops::GateWeights;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 /// Registers the fused kernels on `options`, for compiling `model` (a `LiteRtModel`, or NULL),
@@ -22,7 +23,7 @@ pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, model:
     let result = ffi::guard("keras_attn_litert_register", || {
         api::api(None).and_then(|api| {
             let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
-            Kernels::register(api, options, threads, cache_blocks)
+            Kernels::register(api, options, threads, GateWeights::AsMap, cache_blocks)
         })
     })
     .and_then(|r| r);

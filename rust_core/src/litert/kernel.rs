@@ -11,7 +11,7 @@
 
 use super::api::{self, Api, CustomOpKernel, Handle, Layout, Status, ELEMENT_FLOAT32, ELEMENT_INT32, ELEMENT_INT8, LOCK_READ, LOCK_WRITE, OK};
 use super::ffi;
-use super::ops::{self, BlockCache, OpKind, Output, Tensor, TensorData};
+use super::ops::{self, BlockCache, GateWeights, OpKind, Output, Tensor, TensorData};
 use crate::exec::Exec;
 use crate::simd::Level;
 use std::ffi::{c_void, CString};
@@ -36,6 +36,7 @@ pub struct OpState {
 /// The kernels registered on one set of options, and the errors they met.
 pub struct Kernels {
     threads: Option<usize>,
+    gates: GateWeights,
     errors: Mutex<Vec<String>>,
     /// Per op and feature-map shape, in the order they first ran.
     timings: Mutex<Vec<(OpKind, Vec<usize>, OpTimings)>>,
@@ -52,15 +53,15 @@ unsafe impl Sync for Kernels {}
 
 impl Kernels {
     /// Registers every fused op on `options`; the returned box must outlive the compiled model.
-    /// `cache_blocks`: keep each node's block between runs, found by its weights' addresses;
+    /// `gates`: the weights the blocks' gate MLPs compute with. `cache_blocks`: keep each node's block between runs, found by its weights' addresses;
     /// only for a model whose fused ops all take constant weights, which stay in place for the
     /// life of the compiled model.
     ///
     /// # Safety
     /// `options` must be a live `LiteRtOptions`.
-    pub unsafe fn register(api: &Api, options: Handle, threads: Option<usize>, cache_blocks: bool) -> Result<Box<Kernels>, String> {
+    pub unsafe fn register(api: &Api, options: Handle, threads: Option<usize>, gates: GateWeights, cache_blocks: bool) -> Result<Box<Kernels>, String> {
         let blocks = cache_blocks.then(BlockCache::default);
-        let mut kernels = Box::new(Kernels { threads, errors: Mutex::new(Vec::new()), timings: Mutex::default(), blocks, states: Vec::new(), names: Vec::new() });
+        let mut kernels = Box::new(Kernels { threads, gates, errors: Mutex::new(Vec::new()), timings: Mutex::default(), blocks, states: Vec::new(), names: Vec::new() });
         let this: *const Kernels = &*kernels;
         kernels.states = OpKind::ALL.iter().map(|&op| OpState { op, kernels: this }).collect();
         kernels.names = OpKind::ALL.iter().map(|op| CString::new(op.name()).expect("op names have no NUL")).collect();
@@ -341,8 +342,8 @@ unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const 
         let out = out.reborrow();
         compute.0 = Instant::now();
         let result = match &kernels.blocks {
-            Some(cache) => cache.run(state.op, exec, &tensors, out),
-            None => ops::run(state.op, exec, &tensors, out),
+            Some(cache) => cache.run(state.op, exec, kernels.gates, &tensors, out),
+            None => ops::run(state.op, exec, kernels.gates, &tensors, out),
         };
         compute.1 = Instant::now();
         result

@@ -543,33 +543,52 @@ fn exec_for(exec: Exec, elems: usize) -> Exec {
 
 /// Runs `op` on its inputs into `out` (the map's size and element type), building its block
 /// from the weights.
-pub fn run<'o>(op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
+pub fn run<'o>(op: OpKind, exec: Exec, gates: GateWeights, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
     let out = out.into();
     let (config, dims, map) = prepare(op, inputs, out.len())?;
-    build_for(op, weights(inputs, &config), &config, dims.c, &map)?.run(op, exec, dims, map, out)
+    build_for(op, weights(inputs, &config), &config, dims.c, gates.int8_for(&map))?.run(op, exec, dims, map, out)
 }
 
-/// [`build`] for `map`: an int8 map's block computes its MLPs with int8 weights.
-fn build_for(op: OpKind, w: &[Tensor], config: &[i64], channels: usize, map: &Map) -> Result<Block, String> {
+/// The weights the blocks' gate MLPs compute with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GateWeights {
+    /// float32 on float32 maps, int8 on int8 maps.
+    #[default]
+    AsMap,
+    /// int8 on every map (see [`Dense::with_int8_weights`]): on a float32 map the MLPs then read
+    /// a quarter of the bytes, which matters inside a network, where their weights come from
+    /// memory at every run (the 7x7x2048 blocks of a ResNet-50 hold 2 MB of them each).
+    Int8,
+}
+
+impl GateWeights {
+    /// Whether the block for `map` computes its MLPs with int8 weights.
+    fn int8_for(self, map: &Map) -> bool {
+        self == GateWeights::Int8 || matches!(map, Map::I8(..))
+    }
+}
+
+/// [`build`], the MLPs then computing with int8 weights when `int8_weights`.
+fn build_for(op: OpKind, w: &[Tensor], config: &[i64], channels: usize, int8_weights: bool) -> Result<Block, String> {
     let block = build(op, w, config, channels)?;
-    Ok(if matches!(map, Map::I8(..)) { block.with_int8_weights() } else { block })
+    Ok(if int8_weights { block.with_int8_weights() } else { block })
 }
 
-/// What a cached block was built from: the op, its config, the map's channels and element type
-/// (int8 or not) and, for every weight input, where its data lies, how many values it holds and
+/// What a cached block was built from: the op, its config, the map's channels, whether its MLPs
+/// compute with int8 weights and, for every weight input, where its data lies, how many values it holds and
 /// its shape.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct BlockKey {
     op: OpKind,
     config: Vec<i64>,
     channels: usize,
-    int8: bool,
+    int8_weights: bool,
     weights: Vec<(usize, usize, Vec<usize>)>,
 }
 
 impl BlockKey {
     /// None when a weight is not float32 (building it fails, so there is nothing to cache).
-    fn new(op: OpKind, config: &[i64], channels: usize, int8: bool, weights: &[Tensor]) -> Option<BlockKey> {
+    fn new(op: OpKind, config: &[i64], channels: usize, int8_weights: bool, weights: &[Tensor]) -> Option<BlockKey> {
         let weights = weights
             .iter()
             .map(|w| match w.data {
@@ -577,7 +596,7 @@ impl BlockKey {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(BlockKey { op, config: config.to_vec(), channels, int8, weights })
+        Some(BlockKey { op, config: config.to_vec(), channels, int8_weights, weights })
     }
 }
 
@@ -595,17 +614,18 @@ pub struct BlockCache {
 
 impl BlockCache {
     /// Like [`run`], with the block built on the first run of each node only.
-    pub fn run<'o>(&self, op: OpKind, exec: Exec, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
+    pub fn run<'o>(&self, op: OpKind, exec: Exec, gates: GateWeights, inputs: &[Tensor], out: impl Into<Output<'o>>) -> Result<(), String> {
         let out = out.into();
         let (config, dims, map) = prepare(op, inputs, out.len())?;
-        let Some(key) = BlockKey::new(op, &config, dims.c, matches!(map, Map::I8(..)), weights(inputs, &config)) else {
-            return run(op, exec, inputs, out);
+        let int8_weights = gates.int8_for(&map);
+        let Some(key) = BlockKey::new(op, &config, dims.c, int8_weights, weights(inputs, &config)) else {
+            return run(op, exec, gates, inputs, out);
         };
         let cached = self.blocks.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let block = match cached {
             Some(block) => block,
             None => {
-                let block = Arc::new(build_for(op, weights(inputs, &config), &config, dims.c, &map)?);
+                let block = Arc::new(build_for(op, weights(inputs, &config), &config, dims.c, int8_weights)?);
                 self.blocks.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(block).clone()
             }
         };
@@ -684,27 +704,42 @@ mod tests {
             Tensor { shape: shapes[5], data: TensorData::I32(&config) },
         ];
         let mut out = vec![0.0; x.len()];
-        run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap();
+        run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs, &mut out).unwrap();
         let block = SqueezeExcite::new(Dense::new(&rk, &rb, c, true).unwrap(), Dense::new(&ek, &eb, r, false).unwrap()).unwrap();
         let mut want = vec![0.0; x.len()];
-        block.forward(Exec::single(), &x, Dims { n, h, w, c, layout: Layout::ChannelsLast }, &mut want);
+        let dims = Dims { n, h, w, c, layout: Layout::ChannelsLast };
+        block.forward(Exec::single(), &x, dims, &mut want);
         assert_eq!(out, want);
 
+        // With int8 gate weights, the float op is the block whose MLP computes with them, cached
+        // or not (the cache keeps that block apart from the float one).
+        let mut int8_want = vec![0.0; x.len()];
+        block.clone().with_int8_weights().forward(Exec::single(), &x, dims, &mut int8_want);
+        assert_ne!(int8_want, want);
+        run(OpKind::SqueezeExcite, Exec::single(), GateWeights::Int8, &inputs, &mut out).unwrap();
+        assert_eq!(out, int8_want);
+        let cache = BlockCache::default();
+        for (gates, expected) in [(GateWeights::Int8, &int8_want), (GateWeights::AsMap, &want)] {
+            cache.run(OpKind::SqueezeExcite, Exec::single(), gates, &inputs, &mut out).unwrap();
+            assert_eq!(&out, expected, "{gates:?}");
+        }
+        assert_eq!(cache.len(), 2);
+
         // One input short: the config asks for six.
-        let err = run(OpKind::SqueezeExcite, Exec::single(), &inputs[1..], &mut out).unwrap_err();
+        let err = run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs[1..], &mut out).unwrap_err();
         assert!(err.contains("expected 6 inputs"), "{err}");
         // A kernel that does not fit the map's channels.
         let transposed = [r, c];
         let mut wrong = inputs;
         wrong[1].shape = &transposed;
-        assert!(run(OpKind::SqueezeExcite, Exec::single(), &wrong, &mut out).is_err());
+        assert!(run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &wrong, &mut out).is_err());
         // Weights consistent with each other, for half the map's channels.
         let half: [&[usize]; 4] = [&[c / 2, r], &[r], &[r, c / 2], &[c / 2]];
         let mut halved = inputs;
         for (i, shape) in half.iter().enumerate() {
             halved[i + 1] = Tensor { shape, data: TensorData::F32(leak(data(shape.iter().product(), 9))) };
         }
-        let err = run(OpKind::SqueezeExcite, Exec::single(), &halved, &mut out).unwrap_err();
+        let err = run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &halved, &mut out).unwrap_err();
         assert!(err.contains("the weights are for 3 channels, the feature map has 6"), "{err}");
     }
 
@@ -725,12 +760,12 @@ mod tests {
             inputs.extend(weights.iter().zip(shapes).map(|(d, shape)| Tensor { shape, data: TensorData::F32(d) }));
             inputs.push(Tensor { shape: &[3], data: TensorData::I32(&config) });
             let mut out = vec![0.0; x.len()];
-            run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap();
+            run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs, &mut out).unwrap();
             let want: Vec<f32> = plain.iter().zip(&shortcut).map(|(y, s)| if relu == 1 { (y + s).max(0.0) } else { y + s }).collect();
             assert_eq!(out, want, "relu {relu}");
             // Without its shortcut the op is one input short.
             inputs.remove(1);
-            assert!(run(OpKind::SqueezeExcite, Exec::single(), &inputs, &mut out).unwrap_err().contains("expected 7 inputs"));
+            assert!(run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs, &mut out).unwrap_err().contains("expected 7 inputs"));
         }
     }
 
@@ -753,7 +788,7 @@ mod tests {
         let want: Vec<Vec<f32>> = (0..2)
             .map(|node| {
                 let mut out = vec![0.0; x.len()];
-                run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
+                run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs(node), &mut out).unwrap();
                 out
             })
             .collect();
@@ -762,14 +797,14 @@ mod tests {
         for _ in 0..3 {
             for node in [0, 1] {
                 let mut out = vec![f32::NAN; x.len()];
-                cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(node), &mut out).unwrap();
+                cache.run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs(node), &mut out).unwrap();
                 assert_eq!(out, want[node], "node {node}");
             }
         }
         assert_eq!(cache.len(), 2);
         // A bad call is an error and caches nothing.
         let mut short = vec![0.0; x.len() - 1];
-        assert!(cache.run(OpKind::SqueezeExcite, Exec::single(), &inputs(0), &mut short).unwrap_err().contains("output holds"));
+        assert!(cache.run(OpKind::SqueezeExcite, Exec::single(), GateWeights::AsMap, &inputs(0), &mut short).unwrap_err().contains("output holds"));
         assert_eq!(cache.len(), 2);
         cache.clear();
         assert!(cache.is_empty());

@@ -4,7 +4,7 @@
 
 use super::api::{self, Api, Handle, RankedTensorType, ELEMENT_FLOAT32, ELEMENT_INT8, HW_ACCELERATOR_CPU, LOCK_READ, LOCK_WRITE, OK};
 use super::kernel::{fused_weights_are_constant, Kernels, OpTimings};
-use super::ops::OpKind;
+use super::ops::{GateWeights, OpKind};
 use std::ffi::{c_void, CString};
 use std::time::{Duration, Instant};
 
@@ -123,9 +123,10 @@ unsafe extern "C" fn drop_c_string(p: *mut c_void) {
 impl Runtime {
     /// Loads `library` (`libLiteRt.so`) and compiles the model `model` (the bytes of a
     /// `.tflite` file, `name` in messages) on `threads` CPU threads (None: LiteRT's default),
-    /// our kernels running on the same count (None: every core). LiteRT gets a copy of the
-    /// bytes that were verified, never the file again (which could have changed since).
-    pub fn new(library: &str, model: &[u8], name: &str, threads: Option<usize>) -> Result<Runtime, String> {
+    /// our kernels running on the same count (None: every core), their gate MLPs computing with
+    /// `gates`. LiteRT gets a copy of the bytes that were verified, never the file again (which
+    /// could have changed since).
+    pub fn new(library: &str, model: &[u8], name: &str, threads: Option<usize>, gates: GateWeights) -> Result<Runtime, String> {
         let api = api::api(Some(library))?;
         let model_bytes = ModelBytes::new(model);
         // LiteRT does not verify the flatbuffer: a corrupted file must not reach it.
@@ -168,7 +169,7 @@ impl Runtime {
                 check((api.LiteRtAddOpaqueOptions)(rt.options, opaque), "AddOpaqueOptions")?;
             }
             let cache_blocks = fused_weights_are_constant(api, rt.model);
-            let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads, cache_blocks)?);
+            let kernels = rt.kernels.insert(Kernels::register(api, rt.options, threads, gates, cache_blocks)?);
             let status = (api.LiteRtCreateCompiledModel)(rt.env, rt.model, rt.options, &mut rt.compiled);
             let errors = kernels.take_errors();
             if !errors.is_empty() {

@@ -34,7 +34,7 @@ fn int8_op_matches_the_block_and_the_reference() {
     let q = [0.03, -7.0, 0.02, 5.0];
     let all = inputs(&shape, &x, &weights, &q, &[4]);
     let mut out = vec![0i8; x.len()];
-    run(OpKind::Cbam, Exec::single(), &all, &mut out).unwrap();
+    run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, &all, &mut out).unwrap();
 
     let config: Vec<i64> = CONFIG.iter().map(|&v| v.into()).collect();
     // The int8 op computes its gate MLP with int8 weights.
@@ -52,7 +52,7 @@ fn int8_op_matches_the_block_and_the_reference() {
     let cache = BlockCache::default();
     for _ in 0..2 {
         let mut cached = vec![0i8; x.len()];
-        cache.run(OpKind::Cbam, Exec::single(), &all, &mut cached).unwrap();
+        cache.run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, &all, &mut cached).unwrap();
         assert_eq!(cached, out);
     }
     assert_eq!(cache.len(), 1);
@@ -92,7 +92,7 @@ fn residual_int8_op_adds_the_shortcut_and_applies_relu() {
         all.push(Tensor { shape: &[6], data: TensorData::F32(&q) });
         all.push(Tensor { shape: &[8], data: TensorData::I32(&config) });
         let mut out = vec![0i8; x.len()];
-        run(OpKind::Cbam, Exec::single(), &all, &mut out).unwrap();
+        run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, &all, &mut out).unwrap();
 
         let config: Vec<i64> = config.iter().map(|&v| v.into()).collect();
         let block = build(OpKind::Cbam, super::weights(&all, &config), &config, c).unwrap().with_int8_weights();
@@ -124,7 +124,7 @@ fn residual_int8_op_adds_the_shortcut_and_applies_relu() {
         all.extend(weights.iter().map(|(s, d)| Tensor { shape: s, data: TensorData::F32(d) }));
         all.push(Tensor { shape: q_shape, data: TensorData::F32(q) });
         all.push(Tensor { shape: &[8], data: TensorData::I32(&config) });
-        run(OpKind::Cbam, Exec::single(), &all, &mut vec![0i8; x.len()]).unwrap_err()
+        run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, &all, &mut vec![0i8; x.len()]).unwrap_err()
     };
     let shape_static: &'static [usize] = Box::leak(Box::new(shape));
     let small_static: &'static [usize] = Box::leak(Box::new(small));
@@ -142,7 +142,7 @@ fn int8_inputs_are_checked() {
     let x = quantized_map(72);
     let weights = cbam_weights(8, 2);
     let good = [0.1, 0.0, 0.1, 0.0];
-    let run_with = |inputs: &[Tensor], out: &mut Vec<i8>| run(OpKind::Cbam, Exec::single(), inputs, out).unwrap_err();
+    let run_with = |inputs: &[Tensor], out: &mut Vec<i8>| run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, inputs, out).unwrap_err();
     let mut out = vec![0i8; 72];
 
     // The float op's count (no quantization vector) for an int8 map.
@@ -166,7 +166,7 @@ fn int8_inputs_are_checked() {
 
     // Element types of map and output must agree.
     let mut float_out = vec![0.0f32; 72];
-    let e = run(OpKind::Cbam, Exec::single(), &all, &mut float_out).unwrap_err();
+    let e = run(OpKind::Cbam, Exec::single(), GateWeights::AsMap, &all, &mut float_out).unwrap_err();
     assert!(e.contains("an int8 map needs an int8 output"), "{e}");
     assert!(run_with(&all, &mut vec![0i8; 71]).contains("output holds 71 values"));
 
