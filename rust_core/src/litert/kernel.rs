@@ -280,6 +280,20 @@ unsafe fn get_output_layouts_checked(
     OK
 }
 
+/// int8 maps of fewer bytes run on the calling thread alone, whatever the thread count. Inside a
+/// network at 2 threads, waking our worker costs the calling thread about 10 µs (a futex wake
+/// into this virtual machine's idle core) and the worker starts 17-25 µs after the op, which
+/// is as long as a whole 14x14x1024 int8 op on one thread: measured on int8 CBAM-ResNet-50
+/// (in one process, alternating run by run), the 14x14x1024 blocks (200 KB) on one thread made
+/// the network 0.5-0.7 points faster in three of three trials, the 28x28x512 blocks (400 KB) too
+/// made it 1-1.5 points slower (docs/benchmarks.md).
+const MIN_PARALLEL_INT8_MAP_BYTES: usize = 256 << 10;
+
+/// Whether the op's map (its first input) is int8 and smaller than [`MIN_PARALLEL_INT8_MAP_BYTES`].
+fn is_small_int8_map(tensors: &[Tensor]) -> bool {
+    matches!(tensors.first().map(|t| t.data), Some(TensorData::I8(map)) if map.len() < MIN_PARALLEL_INT8_MAP_BYTES)
+}
+
 unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const Handle, num_outputs: usize, outputs: *mut Handle) -> Status {
     let start = Instant::now();
     let (state, kernels) = state(user_data);
@@ -338,7 +352,7 @@ unsafe fn run_checked(user_data: *mut c_void, num_inputs: usize, inputs: *const 
         }
         let tensors: Vec<Tensor> = shapes.iter().zip(&datas).map(|(shape, &data)| Tensor { shape, data }).collect();
         zero_point = ops::output_zero_point(state.op, &tensors);
-        let exec = Exec::new(Level::active(), kernels.threads);
+        let exec = Exec::new(Level::active(), if is_small_int8_map(&tensors) { Some(1) } else { kernels.threads });
         let out = out.reborrow();
         compute.0 = Instant::now();
         let result = match &kernels.blocks {
