@@ -53,9 +53,9 @@ unsafe impl Sync for Kernels {}
 
 impl Kernels {
     /// Registers every fused op on `options`; the returned box must outlive the compiled model.
-    /// `gates`: the weights the blocks' gate MLPs compute with. `cache_blocks`: keep each node's block between runs, found by its weights' addresses;
-    /// only for a model whose fused ops all take constant weights, which stay in place for the
-    /// life of the compiled model.
+    /// `gates`: the weights the blocks' gate MLPs compute with. `cache_blocks`: keep each node's
+    /// block between runs, found by its weights' addresses; only for a model whose fused ops all
+    /// take constant weights, which stay in place for the life of the compiled model.
     ///
     /// # Safety
     /// `options` must be a live `LiteRtOptions`.
@@ -282,11 +282,11 @@ unsafe fn get_output_layouts_checked(
 
 /// int8 maps of fewer bytes run on the calling thread alone, whatever the thread count. Inside a
 /// network at 2 threads, waking our worker costs the calling thread about 10 µs (a futex wake
-/// into this virtual machine's idle core) and the worker starts 17-25 µs after the op, which
-/// is as long as a whole 14x14x1024 int8 op on one thread: measured on int8 CBAM-ResNet-50
-/// (in one process, alternating run by run), the 14x14x1024 blocks (200 KB) on one thread made
-/// the network 0.5-0.7 points faster in three of three trials, the 28x28x512 blocks (400 KB) too
-/// made it 1-1.5 points slower (docs/benchmarks.md).
+/// into this virtual machine's idle core) and the worker starts 16-25 µs into the op, about as
+/// long as a whole 14x14x1024 int8 op on one thread: measured on int8 CBAM-ResNet-50 (in one
+/// process, alternating run by run), the 14x14x1024 blocks (200 KB) on one thread made the
+/// network 0.5-0.7 points faster in three of three trials, the 28x28x512 blocks (400 KB) too
+/// made it 0.9-1.5 points slower (docs/benchmarks.md).
 const MIN_PARALLEL_INT8_MAP_BYTES: usize = 256 << 10;
 
 /// Whether the op's map (its first input) is int8 and smaller than [`MIN_PARALLEL_INT8_MAP_BYTES`].
