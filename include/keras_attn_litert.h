@@ -21,6 +21,16 @@ extern "C" {
  * to stderr). */
 void* keras_attn_litert_register(void* options, void* model, int threads);
 
+/* keras_attn_litert_register with `flags`: 0, or KERAS_ATTN_INT8_GATE_WEIGHTS to have a
+ * float32 model's fused ops compute their gate MLPs (CBAM's channel gate, SE, BAM's channel
+ * branch) with int8 weights, quantized per output channel when the model loads, as the int8
+ * models' fused ops always do: a quarter of the bytes to read at every run, at an error of about
+ * 1e-4 of a ResNet-50's logits (keras_attn.edge.Runtime's gate_weights="int8"). Other bits make
+ * it fail (NULL, the reason on stderr). */
+#define KERAS_ATTN_INT8_GATE_WEIGHTS 1u
+void* keras_attn_litert_register_with_flags(void* options, void* model, int threads,
+                                            unsigned int flags);
+
 /* The problems the kernels met since the last call (malformed attributes, wrong inputs: LiteRT
  * ignores custom-op status codes, so check this after compiling and after each run). Writes
  * them, one per line, NUL-terminated, into `buffer` (may be NULL); returns their count. A run

@@ -47,6 +47,14 @@ def test_c_example_runs_a_fused_model(tmp_path):
     want = edge.Runtime(path, threads=1)(x)
     np.testing.assert_allclose(printed, want.ravel(), atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(want, np.asarray(model(x, training=False)), atol=1e-5, rtol=0)
+    # int8 gate weights, as edge.Runtime(gate_weights="int8") computes them.
+    result = subprocess.run([str(program), path, "1", "int8-gates"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = np.array([float(v) for v in result.stdout.split()], np.float32)
+    int8_gates = edge.Runtime(path, threads=1, gate_weights="int8")(x)
+    assert not np.array_equal(int8_gates, want)
+    np.testing.assert_allclose(printed, int8_gates.ravel(), atol=1e-6, rtol=1e-6)
 
     # The same C function registers the int8 kernels: an int8 model with float I/O runs as is.
     path = str(tmp_path / "fused_int8.tflite")

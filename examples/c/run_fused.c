@@ -1,10 +1,12 @@
 /* Runs a .tflite model with keras-attn's fused attention kernels in LiteRT's CompiledModel API.
  *
- *   run_fused model.tflite [threads]
+ *   run_fused model.tflite [threads] [int8-gates]
  *
  * Reads the file once, verifies its bytes (LiteRT does not verify a flatbuffer, and a corrupted
  * one can crash it) and gives LiteRT those very bytes. Fills the (float32) input with
- * x[i] = sin(0.1 i), runs the model and prints every output value, one per line. LiteRT's C headers are not in the ai-edge-litert wheel, so the few functions used
+ * x[i] = sin(0.1 i), runs the model and prints every output value, one per line. With
+ * "int8-gates", a float32 model's fused ops compute their gate MLPs with int8 weights
+ * (KERAS_ATTN_INT8_GATE_WEIGHTS). LiteRT's C headers are not in the ai-edge-litert wheel, so the few functions used
  * are declared here from litert/c/ (LiteRT 2.x). */
 #include <math.h>
 #include <stdint.h>
@@ -95,7 +97,7 @@ static int make_buffer(Handle env, Handle compiled, Handle signature, int is_inp
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s model.tflite [threads]\n", argv[0]);
+    fprintf(stderr, "usage: %s model.tflite [threads] [int8-gates]\n", argv[0]);
     return 2;
   }
   Handle env = NULL, model = NULL, options = NULL, compiled = NULL, signature = NULL;
@@ -115,7 +117,8 @@ int main(int argc, char** argv) {
   CHECK(LiteRtCreateModelFromBuffer(env, model_bytes, model_size, &model));
   CHECK(LiteRtCreateOptions(&options));
   CHECK(LiteRtSetOptionsHardwareAccelerators(options, 1 /* CPU */));
-  void* kernels = keras_attn_litert_register(options, model, argc > 2 ? atoi(argv[2]) : 0);
+  unsigned int flags = argc > 3 && strcmp(argv[3], "int8-gates") == 0 ? KERAS_ATTN_INT8_GATE_WEIGHTS : 0;
+  void* kernels = keras_attn_litert_register_with_flags(options, model, argc > 2 ? atoi(argv[2]) : 0, flags);
   if (!kernels) return 1;
   CHECK(LiteRtCreateCompiledModel(env, model, options, &compiled));
   CHECK(LiteRtGetModelSignature(model, 0, &signature));

@@ -5,7 +5,7 @@
 use super::{api, ffi, verify};
 use super::kernel::{fused_weights_are_constant, Kernels};
 use super::ops::GateWeights;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 /// Registers the fused kernels on `options`, for compiling `model` (a `LiteRtModel`, or NULL),
 /// running them on `threads` threads (0: every core). With `model` given and the weights of its
@@ -19,18 +19,41 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 /// then compile that model only.
 #[no_mangle]
 pub unsafe extern "C" fn keras_attn_litert_register(options: *mut c_void, model: *mut c_void, threads: c_int) -> *mut c_void {
+    register("keras_attn_litert_register", options, model, threads, 0)
+}
+
+/// `flags` bit: a float32 model's fused ops compute their gate MLPs with int8 weights.
+pub const INT8_GATE_WEIGHTS: c_uint = 1;
+
+/// [`keras_attn_litert_register`] with `flags`: [`INT8_GATE_WEIGHTS`] or 0; another bit fails
+/// (NULL, the reason printed to stderr).
+///
+/// # Safety
+/// As [`keras_attn_litert_register`].
+#[no_mangle]
+pub unsafe extern "C" fn keras_attn_litert_register_with_flags(options: *mut c_void, model: *mut c_void, threads: c_int, flags: c_uint) -> *mut c_void {
+    register("keras_attn_litert_register_with_flags", options, model, threads, flags)
+}
+
+/// # Safety
+/// As [`keras_attn_litert_register`].
+unsafe fn register(name: &str, options: *mut c_void, model: *mut c_void, threads: c_int, flags: c_uint) -> *mut c_void {
     let threads = usize::try_from(threads).ok().filter(|&t| t > 0);
-    let result = ffi::guard("keras_attn_litert_register", || {
+    let result = ffi::guard(name, || {
+        if flags & !INT8_GATE_WEIGHTS != 0 {
+            return Err(format!("unknown flags {flags:#x} (known: KERAS_ATTN_INT8_GATE_WEIGHTS = {INT8_GATE_WEIGHTS})"));
+        }
+        let gates = if flags & INT8_GATE_WEIGHTS != 0 { GateWeights::Int8 } else { GateWeights::AsMap };
         api::api(None).and_then(|api| {
             let cache_blocks = !model.is_null() && fused_weights_are_constant(api, model);
-            Kernels::register(api, options, threads, GateWeights::AsMap, cache_blocks)
+            Kernels::register(api, options, threads, gates, cache_blocks)
         })
     })
     .and_then(|r| r);
     match result {
         Ok(kernels) => Box::into_raw(kernels) as *mut c_void,
         Err(e) => {
-            eprintln!("keras_attn_litert_register: {e}");
+            eprintln!("{name}: {e}");
             std::ptr::null_mut()
         }
     }
@@ -106,4 +129,16 @@ pub extern "C" fn keras_attn_litert_version() -> *const c_char {
         Err(_) => panic!("version has a NUL"),
     };
     VERSION.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_register_flags_fail_before_touching_the_options() {
+        // SAFETY: with an unknown flag the call returns before it reads `options` or `model`.
+        let handle = unsafe { keras_attn_litert_register_with_flags(std::ptr::null_mut(), std::ptr::null_mut(), 1, 2) };
+        assert!(handle.is_null());
+    }
 }
