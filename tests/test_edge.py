@@ -298,7 +298,7 @@ def test_fused_attention_with_nothing_to_fuse_warns(tmp_path):
 
 
 def test_fused_attention_auto_fuses_the_blocks_that_pay(tmp_path):
-    """"auto": CBAM (and its gates) on maps of 14x14 and more; CBAM on smaller maps, SE and BAM
+    """"auto": CBAM (and its gates) on maps of 7x7 and more; CBAM on smaller maps, SE and BAM
     stay builtin (keras_attn.export.fused.AUTO_MIN_PIXELS)."""
     from keras_attn.export.fused import auto_fuses
 
@@ -306,16 +306,17 @@ def test_fused_attention_auto_fuses_the_blocks_that_pay(tmp_path):
     h = keras_attn.CBAM(reduction_ratio=2)(keras.layers.Conv2D(8, 3, padding="same")(inputs))
     h = keras_attn.SpatialAttention()(keras_attn.SqueezeExcite(reduction_ratio=2)(h))
     h = keras.layers.MaxPooling2D()(keras_attn.BAM(reduction_ratio=2)(h))
-    model = keras.Model(inputs, keras_attn.CBAM(reduction_ratio=2)(h))  # on 7x7
+    h = keras_attn.CBAM(reduction_ratio=2)(h)  # on 7x7
+    model = keras.Model(inputs, keras_attn.CBAM(reduction_ratio=2)(keras.layers.MaxPooling2D()(h)))
     path = tmp_path / "auto.tflite"
     report = to_tflite(model, path, fused_attention="auto")
-    assert report.op_counts["KerasAttnCBAM"] == 2 and read_tflite(path).custom_ops() == [
+    assert report.op_counts["KerasAttnCBAM"] == 3 and read_tflite(path).custom_ops() == [
         "KerasAttnCBAM"]
     x = np.random.default_rng(0).normal(size=(1, 14, 15, 8)).astype("float32")
     np.testing.assert_allclose(edge.Runtime(path)(x), np.asarray(model(x, training=False)),
                                atol=1e-5, rtol=0)
     # Nothing worth fusing: builtin ops, and no warning (that is the choice, not a miss).
-    small = keras.Input((7, 7, 8), batch_size=1)
+    small = keras.Input((6, 7, 8), batch_size=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=r"to_tflite\(fused_attention")
         report = to_tflite(keras.Model(small, keras_attn.CBAM(reduction_ratio=2)(small)),
@@ -323,7 +324,8 @@ def test_fused_attention_auto_fuses_the_blocks_that_pay(tmp_path):
     assert "KerasAttnCBAM" not in report.op_counts and report.op_counts["LOGISTIC"] == 2
     for precision in ("float32", "int8"):
         assert auto_fuses("KerasAttnCBAM", (1, 14, 14, 64), precision)
-        assert not auto_fuses("KerasAttnCBAM", (1, 7, 7, 2048), precision)
+        assert auto_fuses("KerasAttnCBAM", (1, 7, 7, 2048), precision)
+        assert not auto_fuses("KerasAttnCBAM", (1, 6, 7, 2048), precision)
         assert not auto_fuses("KerasAttnCBAM", (1, None, None, 64), precision)
         assert not auto_fuses("KerasAttnBAM", (1, 56, 56, 256), precision)
 

@@ -41,14 +41,14 @@ _NO_EPILOGUE = {"residual": 0, "relu": 0}
 _ALIGNMENT = 64
 # `to_tflite(fused_attention="auto")`: per precision and op, the smallest map (H * W pixels) on
 # which the fused block is faster than the same block as XNNPACK builtin ops inside a ResNet;
-# None: never fused. From the per-stage measurements (examples/benchmark_edge_stages.py) in
-# docs/benchmarks.md: fused CBAM wins on the 56x56 to 14x14 maps and loses on 7x7 (its gate MLP,
-# 2 MB of float32 weights per 2048-channel block, dominates there); fused BAM loses on every
-# map (its spatial convolutions are slower than XNNPACK's); SE has not been measured inside a
-# network, so it stays builtin.
+# None: never fused. From the whole-network measurements in docs/deployment.md: fused CBAM (with
+# the residual epilogue) wins on every ResNet-50 map, 56x56 down to 7x7, in both precisions and at
+# 1 and 2 threads; smaller maps were not measured, so they stay builtin. Fused BAM loses on every
+# map (its spatial convolutions are slower than XNNPACK's); fused SE wins at 1 thread in int8 but
+# loses at 2 threads, and a model serves both thread counts, so SE stays builtin.
 AUTO_MIN_PIXELS = {
-    "float32": {"KerasAttnCBAM": 14 * 14, "KerasAttnSE": None, "KerasAttnBAM": None},
-    "int8": {"KerasAttnCBAM": 14 * 14, "KerasAttnSE": None, "KerasAttnBAM": None},
+    "float32": {"KerasAttnCBAM": 7 * 7, "KerasAttnSE": None, "KerasAttnBAM": None},
+    "int8": {"KerasAttnCBAM": 7 * 7, "KerasAttnSE": None, "KerasAttnBAM": None},
 }
 
 

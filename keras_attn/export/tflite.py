@@ -307,8 +307,8 @@ def to_tflite(
             block), also computes the addition and the ReLU (see
             `keras_attn.export.fused_residual`). "auto" fuses only the blocks that were
             measured faster fused than as builtin ops inside a ResNet, by block type, precision
-            and map size: CBAM and its gates on maps of 14x14 and larger; SE, BAM and the
-            7x7 CBAM blocks stay builtin (`keras_attn.export.fused.AUTO_MIN_PIXELS`, and
+            and map size: CBAM and its gates on maps of 7x7 and larger; SE, BAM and CBAM
+            on smaller maps stay builtin (`keras_attn.export.fused.AUTO_MIN_PIXELS`, and
             docs/deployment.md for the measurements). A list of block families among "cbam"
             (CBAM and its gates), "se" and "bam" fuses only those, and a callable
             `f(layer, input_shape) -> bool` only the blocks it accepts; the others stay
